@@ -1,0 +1,1 @@
+"""Deployment: ONNX export with parity checks, and the inferencer."""

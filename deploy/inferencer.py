@@ -1,0 +1,137 @@
+"""A small inferencer: an ONNX model plus the transform rebuilt from the model's own metadata."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+import signal2image
+from pipeline.errors import UserError
+from pipeline.ingest.windows import cut_windows
+
+log = logging.getLogger(__name__)
+
+
+def cuda_usable() -> bool:
+    """True when ONNX Runtime has its CUDA provider and the CUDA driver library loads."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(preference: str = "auto") -> list[str]:
+    """CUDA first when usable (preference 'auto' or 'cuda'), the CPU always as the fallback."""
+    if preference in ("auto", "cuda"):
+        if cuda_usable():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        log.info("CUDA execution provider not usable here (no CUDA driver); running on the CPU")
+    return ["CPUExecutionProvider"]
+
+
+def create_session(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers or choose_providers())
+
+
+@dataclass(frozen=True)
+class SignalPrediction:
+    """The verdict for one signal: the class of the mean probability over its windows."""
+
+    label: str
+    probabilities: dict[str, float]
+    window_labels: list[str]
+
+
+class OnnxInferencer:
+    """Loads an exported model and predicts from raw windows, whole signals or network inputs.
+
+    Args:
+        path: an .onnx file written by `deploy.onnx_export.export_onnx`.
+        providers: ONNX Runtime execution providers (default: CUDA when usable, else CPU).
+        threads: intra-op threads (default: ONNX Runtime's choice).
+    """
+
+    def __init__(self, path: str | Path, *, providers: list[str] | None = None, threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"model file {str(self.path)!r} not found")
+        self.session = create_session(self.path, providers=providers, threads=threads)
+        raw = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.metadata: dict[str, Any] = {k: json.loads(v) for k, v in raw.items()}
+            self.classes: list[str] = list(self.metadata["classes"])
+            self.transform = signal2image.from_dict(self.metadata["transform"])
+            self.window_length = int(self.metadata["window"]["length"])
+            self.window_hop = int(self.metadata["window"]["hop"])
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            raise UserError(
+                f"{self.path} lacks this project's metadata ({exc}); export it with `pipeline run` or `pipeline export`"
+            ) from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    @classmethod
+    def from_uri(cls, uri: str, *, tracking_uri: str | None = None, **kwargs: Any) -> OnnxInferencer:
+        """A local .onnx path, or a registry URI such as ``models:/gearbox-fault@champion``."""
+        if uri.startswith("models:/") or uri.startswith("runs:/"):
+            from pipeline.tracking import download_model
+
+            return cls(download_model(uri, tracking_uri=tracking_uri), **kwargs)
+        return cls(uri, **kwargs)
+
+    @property
+    def fs(self) -> float:
+        return self.transform.fs
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def predict_inputs(self, images: np.ndarray) -> np.ndarray:
+        """Network inputs (N, 3, H, W) -> class probabilities (N, n_classes)."""
+        logits = self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        return _softmax(logits)
+
+    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Raw windows (N, L) or (N, C, L) of the model's length -> probabilities (N, n_classes)."""
+        windows = np.asarray(windows, dtype=np.float32)
+        if windows.shape[-1] != self.window_length:
+            raise UserError(f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}")
+        return self.predict_inputs(self.transform(windows).numpy())
+
+    def predict_signal(self, signal: np.ndarray, fs: float | None = None) -> SignalPrediction:
+        """A whole signal (channels, samples) cut into the model's windows; verdict from the mean probability."""
+        signal = np.atleast_2d(np.asarray(signal, dtype=np.float32))
+        if fs is not None and abs(fs - self.fs) > 1e-6 * self.fs:
+            raise UserError(f"the signal is sampled at {fs:g} Hz but the model expects {self.fs:g} Hz; resample it first")
+        if signal.shape[-1] < self.window_length:
+            raise UserError(
+                f"the signal has {signal.shape[-1]} samples; this model needs at least one window of {self.window_length}"
+            )
+        probs = self.predict_windows(cut_windows(signal, self.window_length, self.window_hop))
+        mean = probs.mean(axis=0)
+        return SignalPrediction(
+            label=self.classes[int(mean.argmax())],
+            probabilities={c: float(p) for c, p in zip(self.classes, mean)},
+            window_labels=[self.classes[i] for i in probs.argmax(axis=1)],
+        )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,97 @@
+"""Export a trained classifier to ONNX, embed its metadata, and prove ONNX Runtime reproduces it."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from pipeline.errors import ExportError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    max_abs_diff: float
+    n_inputs: int
+    same_predictions: bool
+
+    def __str__(self) -> str:
+        return f"ONNX Runtime vs PyTorch: max |logit diff| {self.max_abs_diff:.2e} on {self.n_inputs} real inputs, predictions identical: {self.same_predictions}"
+
+
+def export_onnx(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    path: Path,
+    *,
+    metadata: dict[str, Any],
+    opset: int = 17,
+    tolerance: float = 1e-4,
+) -> ParityReport:
+    """Write `model` to `path` with a dynamic batch axis and `metadata`, then check it.
+
+    Args:
+        model: the trained network (moved to the CPU and put in eval mode).
+        inputs: real network inputs (N, 3, H, W) used for the trace and the parity check.
+        path: the .onnx file to write.
+        metadata: JSON-serialisable facts stored in the model (classes, transform, ...); each
+            top-level key becomes one ONNX metadata property holding JSON.
+        opset: ONNX opset (17 or newer).
+        tolerance: largest accepted |logit difference| between ONNX Runtime and PyTorch.
+
+    Returns:
+        The parity numbers.
+
+    Raises:
+        ExportError: the ONNX checker fails, or ONNX Runtime differs by more than `tolerance` or
+            predicts a different class for any input.
+    """
+    from deploy.inferencer import create_session
+
+    model = model.to("cpu").eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (inputs[:2].contiguous(),),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+        )
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"ONNX checker rejected {path}: {exc}") from None
+    onnx.save(proto, str(path))
+
+    with torch.no_grad():
+        expected = model(inputs).numpy()
+    session = create_session(path, providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0]
+    report = ParityReport(
+        max_abs_diff=float(np.max(np.abs(got - expected))) if len(got) else 0.0,
+        n_inputs=int(len(inputs)),
+        same_predictions=bool(np.array_equal(got.argmax(1), expected.argmax(1))),
+    )
+    if report.max_abs_diff > tolerance or not report.same_predictions:
+        raise ExportError(f"{path}: {report} (tolerance {tolerance:g}); the export is not faithful")
+    return report
+

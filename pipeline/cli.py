@@ -1,0 +1,131 @@
+"""The `pipeline` command: run a job, predict with a registered model, open the MLflow UI.
+
+User errors (config, arguments, input files) print one message and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pipeline.errors import ExportError, UserError
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description=(
+            "Fault and defect diagnosis by transfer learning: turn vibration signals into images, train "
+            "an ImageNet CNN from scratch and from pretrained weights, compare them in MLflow, register "
+            "the best model and export it to ONNX."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run a job from a YAML config (ingest, train strategies, compare, export, register)",
+        description="Run the whole job described by CONFIG and print the comparison of strategies.",
+    )
+    run.add_argument("config", metavar="CONFIG", help="job file, e.g. configs/gearbox.yaml")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set train.epochs=2 --set transform.kind=stft",
+    )
+    run.set_defaults(func=cmd_run)
+
+    predict = sub.add_parser(
+        "predict",
+        help="classify signal files (NPY, NPZ or CSV) with an exported model",
+        description=(
+            "Cut each signal file into the model's windows, apply the transform rebuilt from the model's "
+            "metadata, and print the class of the mean probability."
+        ),
+    )
+    predict.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
+    predict.add_argument("files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv)")
+    predict.add_argument("--fs", type=float, default=None, help="sample rate of the files in Hz (checked against the model's)")
+    predict.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    predict.add_argument("--json", action="store_true", help="print one JSON object per file")
+    predict.set_defaults(func=cmd_predict)
+
+    ui = sub.add_parser(
+        "ui",
+        help="open the MLflow UI on this project's store",
+        description="Start `mlflow ui` on the embedded store (./mlflow.db) or the given tracking URI.",
+    )
+    ui.add_argument("--tracking-uri", default=None, help="store to browse (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from pipeline.job import run_job, summary
+
+    result = run_job(cfg, config_path=args.config)
+    print(summary(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from deploy.inferencer import OnnxInferencer
+    from pipeline.ingest.files import read_signal_file
+
+    inferencer = OnnxInferencer.from_uri(args.model, tracking_uri=args.tracking_uri)
+    for file in args.files:
+        prediction = inferencer.predict_signal(read_signal_file(file), fs=args.fs)
+        if args.json:
+            print(json.dumps({"file": file, "label": prediction.label, "probabilities": prediction.probabilities, "windows": len(prediction.window_labels)}))
+        else:
+            agree = sum(label == prediction.label for label in prediction.window_labels)
+            print(
+                f"{file}: {prediction.label} (p={prediction.probabilities[prediction.label]:.3f}; "
+                f"{agree}/{len(prediction.window_labels)} windows agree)"
+            )
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from pipeline.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no MLflow store at {uri}; run `pipeline run configs/gearbox.yaml` first or pass --tracking-uri")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} ({uri}); Ctrl-C stops it", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the MLflow runs are marked KILLED and the last checkpoints are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,392 @@
+"""The job's configuration: a typed, frozen schema loaded from YAML.
+
+Unknown keys are rejected with a suggestion, wrong types and out-of-range values name the key,
+the value and the rule. `load_config` is the only entry point; everything downstream receives a
+validated `JobConfig`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+FAULT_CLASSES = ("healthy", "tooth_crack", "wear", "outer_race", "inner_race")
+STRATEGY_KINDS = ("scratch", "finetune")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise ValueError(f"{name} range must be [low, high] with low <= high, got {list(value)}")
+    return value
+
+
+class SimulatorConfig(Section):
+    """Physics-based gearbox and bearing vibration simulator (the embedded default data)."""
+
+    fs: int = Field(12800, ge=1000, le=200_000, description="sample rate in Hz")
+    duration_s: float = Field(2.0, gt=0, le=600, description="length of each recording in seconds")
+    recordings_per_class: int = Field(16, ge=3, le=10_000)
+    classes: tuple[Literal[FAULT_CLASSES], ...] = Field(FAULT_CLASSES, min_length=2)  # type: ignore[valid-type]
+    rpm: tuple[float, float] = (900.0, 2100.0)
+    load: tuple[float, float] = (0.2, 1.0)
+    snr_db: tuple[float, float] = (-6.0, 6.0)
+    resonance_hz: tuple[float, float] = (2000.0, 4500.0)
+    severity: tuple[float, float] = (0.15, 1.0)
+    seed: int = Field(0, ge=0, description="seed of the data (independent of the training seed)")
+
+    @field_validator("rpm", "load", "snr_db", "resonance_hz", "severity")
+    @classmethod
+    def _check_range(cls, value: tuple[float, float], info: Any) -> tuple[float, float]:
+        return _ordered_pair(value, info.field_name)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"classes must be unique, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _resonance_below_nyquist(self) -> SimulatorConfig:
+        if self.resonance_hz[1] >= self.fs / 2:
+            raise ValueError(
+                f"resonance_hz upper bound {self.resonance_hz[1]} must be below fs/2 = {self.fs / 2}; "
+                "lower it or raise fs"
+            )
+        return self
+
+
+class FolderConfig(Section):
+    """One's own recordings: `path/<label>/<file>.npy|.csv`, one file per recording."""
+
+    path: Path
+    fs: float = Field(gt=0, description="sample rate of the files in Hz")
+    channel: int = Field(0, ge=0, description="column (CSV) or row/column (NPY) used as the signal")
+
+
+class SplitConfig(Section):
+    """Fractions of the recordings of each class; the split is made before windowing."""
+
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}; adjust the fractions")
+        return self
+
+
+class WindowConfig(Section):
+    length: int = Field(2048, ge=16, description="samples per window")
+    hop: int = Field(1024, ge=1, description="samples between window starts (hop < length overlaps)")
+
+
+class DataConfig(Section):
+    source: Literal["simulator", "folder"] = "simulator"
+    simulator: SimulatorConfig = SimulatorConfig()
+    folder: FolderConfig | None = None
+    split: SplitConfig = SplitConfig()
+    window: WindowConfig = WindowConfig()
+
+    @model_validator(mode="after")
+    def _folder_given(self) -> DataConfig:
+        if self.source == "folder" and self.folder is None:
+            raise ValueError("source is 'folder' but the section data.folder (path, fs) is missing")
+        return self
+
+    @property
+    def fs(self) -> float:
+        return self.folder.fs if self.source == "folder" and self.folder else float(self.simulator.fs)
+
+
+class CwtConfig(Section):
+    wavelet: str = "cmor1.5-1.0"
+    f_min: float = Field(50.0, gt=0, description="lowest analysed frequency in Hz")
+    f_max: float = Field(5000.0, gt=0, description="highest analysed frequency in Hz")
+    n_scales: int = Field(64, ge=4, le=512)
+
+    @field_validator("wavelet")
+    @classmethod
+    def _continuous(cls, value: str) -> str:
+        import pywt
+
+        try:
+            pywt.ContinuousWavelet(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a continuous wavelet; use one of {pywt.wavelist(kind='continuous')} "
+                "(complex Morlet with parameters: 'cmor1.5-1.0')"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> CwtConfig:
+        if self.f_min >= self.f_max:
+            raise ValueError(f"f_min ({self.f_min}) must be below f_max ({self.f_max})")
+        return self
+
+
+class StftConfig(Section):
+    nperseg: int = Field(256, ge=8)
+    hop: int = Field(32, ge=1)
+    window: Literal["hann", "hamming", "blackman"] = "hann"
+
+
+class TransformConfig(Section):
+    kind: Literal["cwt", "stft"] = "cwt"
+    image_size: int = Field(64, ge=16, le=1024, description="side of the square image fed to the network")
+    floor_db: float = Field(-60.0, lt=0, description="dynamic range kept below each image's peak, in dB")
+    cwt: CwtConfig = CwtConfig()
+    stft: StftConfig = StftConfig()
+
+
+class ModelConfig(Section):
+    backbone: str = "efficientnet_lite0"
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from models import list_backbones
+
+        if value not in list_backbones():
+            raise ValueError(f"unknown backbone {value!r}; choose one of {list_backbones()}")
+        return value
+
+
+class StrategyConfig(Section):
+    """One training recipe; `kind` defaults to the name when the name is a strategy kind."""
+
+    name: str = Field(min_length=1)
+    kind: Literal[STRATEGY_KINDS] | None = None  # type: ignore[valid-type]
+    lr: float = Field(gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _kind_from_name(self) -> StrategyConfig:
+        if self.kind is None:
+            if self.name not in STRATEGY_KINDS:
+                raise ValueError(
+                    f"strategy {self.name!r} needs a kind: add 'kind: <one of {list(STRATEGY_KINDS)}>'"
+                )
+            object.__setattr__(self, "kind", self.name)
+        return self
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "scratch"
+
+
+class TrainConfig(Section):
+    epochs: int = Field(4, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-2, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    select_metric: Literal["val_accuracy", "val_macro_f1"] = "val_accuracy"
+    strategies: tuple[StrategyConfig, ...] = Field(
+        (StrategyConfig(name="scratch", lr=3e-3), StrategyConfig(name="finetune", lr=1e-3)), min_length=1
+    )
+
+    @field_validator("strategies")
+    @classmethod
+    def _unique_names(cls, value: tuple[StrategyConfig, ...]) -> tuple[StrategyConfig, ...]:
+        names = [s.name for s in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"strategy names must be unique, {dup} repeats; rename one")
+        return value
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default: env MLFLOW_TRACKING_URI, else ./mlflow.db")
+    artifact_dir: Path = Field(Path("mlartifacts"), description="artifact folder of the embedded store")
+    experiment: str = Field("gearbox", min_length=1)
+    registered_model: str = Field("gearbox-fault", min_length=1)
+    alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+class ExportConfig(Section):
+    dir: Path = Field(Path("artifacts"), description="where ONNX files and checkpoints are written")
+    opset: int = Field(17, ge=17, le=23)
+    tolerance: float = Field(1e-4, gt=0, description="max |logit difference| ONNX Runtime vs PyTorch")
+
+
+class JobConfig(Section):
+    name: str = Field("gearbox", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    data: DataConfig = DataConfig()
+    transform: TransformConfig = TransformConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _frequencies_below_nyquist(self) -> JobConfig:
+        nyquist = self.data.fs / 2
+        if self.transform.kind == "cwt" and self.transform.cwt.f_max > nyquist:
+            raise ValueError(
+                f"transform.cwt.f_max = {self.transform.cwt.f_max} Hz is above the Nyquist frequency "
+                f"{nyquist:g} Hz of the data; set it to at most {nyquist:g}"
+            )
+        if self.transform.kind == "stft" and self.transform.stft.nperseg > self.data.window.length:
+            raise ValueError(
+                f"transform.stft.nperseg = {self.transform.stft.nperseg} is longer than the window "
+                f"({self.data.window.length} samples); lower nperseg or raise data.window.length"
+            )
+        return self
+
+    def flat_params(self) -> dict[str, str]:
+        """The config as dotted keys (`train.epochs`) for experiment tracking."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+                for i, sub in enumerate(value):
+                    walk(f"{prefix}.{i}", sub)
+            else:
+                out[prefix] = str(list(value) if isinstance(value, tuple) else value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[str] = ()) -> JobConfig:
+    """Read a YAML job file, apply `key.sub=value` overrides and validate.
+
+    Args:
+        path: the YAML file, or None for the built-in defaults.
+        overrides: strings such as ``train.epochs=2`` (values parsed as YAML).
+
+    Returns:
+        The validated, frozen configuration.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key, type or value breaks the schema.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {source!r} not found; pass the path of a YAML file such as configs/gearbox.yaml")
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source} must hold a mapping of sections (data, transform, train, ...), got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_explain(err) for err in exc.errors())) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. --set train.epochs=2")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, parts[: i + 1])
+            continue
+        if not isinstance(node.get(part, {}), (dict, list)):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = node.setdefault(part, {})
+        if isinstance(node, list) and not node:
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is an empty list")
+    last = parts[-1]
+    if isinstance(node, list):
+        index = int(last) if last.isdigit() else -1
+        if not 0 <= index < len(node):
+            raise ConfigError(f"--set {item!r}: index {last!r} is outside the list of {len(node)} items")
+        node[index] = value
+    else:
+        node[last] = value
+
+
+def _list_item(node: list[Any], part: str, where: list[str]) -> Any:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set: {'.'.join(where)} must be an index below {len(node)}")
+    return node[int(part)]
+
+
+def _explain(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        section = ".".join(str(p) for p in loc[:-1]) or "root"
+        known = _field_names(JobConfig, loc[:-1])
+        hint = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+        suggestion = f"did you mean {hint[0]!r}?" if hint else f"valid keys: {', '.join(known)}"
+        return f"unknown key {key!r} in section {section}; {suggestion}"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{where or 'root'}: required key is missing"
+    if err["type"] == "value_error":
+        return f"{where}: {message}" if where else message
+    return f"{where}: {message} (got {err.get('input')!r})"
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Names of the fields of the section at `loc` (walks nested models, lists and optionals)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(part, int):
+            args = typing.get_args(current)
+            current = args[0] if args else None
+        elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        models_ = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models_[0] if models_ else annotation
+    return annotation

@@ -1,0 +1,31 @@
+"""Signal-to-image transforms: the same code runs in training and in the service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from signal2image.base import SignalToImage
+from signal2image.cwt import CwtTransform
+from signal2image.stft import StftTransform
+
+_TRANSFORMS: dict[str, type[SignalToImage]] = {cls.kind: cls for cls in (CwtTransform, StftTransform)}
+
+
+def list_transforms() -> list[str]:
+    return sorted(_TRANSFORMS)
+
+
+def from_dict(spec: dict[str, Any]) -> SignalToImage:
+    """Rebuild a transform from its `to_dict()` description.
+
+    Raises:
+        ValueError: the kind is unknown or a setting is invalid.
+    """
+    settings = dict(spec)
+    kind = settings.pop("kind", None)
+    if kind not in _TRANSFORMS:
+        raise ValueError(f"unknown transform kind {kind!r}; valid kinds: {list_transforms()}")
+    return _TRANSFORMS[kind](**settings)
+
+
+__all__ = ["SignalToImage", "CwtTransform", "StftTransform", "from_dict", "list_transforms"]

@@ -1,0 +1,52 @@
+"""Continuous wavelet transform scalogram (PyWavelets reference implementation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pywt
+import torch
+
+from signal2image.base import SignalToImage
+
+
+class CwtTransform(SignalToImage):
+    """|CWT| on log-spaced frequencies from `f_min` to `f_max` Hz.
+
+    Args:
+        wavelet: any continuous wavelet PyWavelets knows (``cmor1.5-1.0``, ``morl``, ``mexh`` ...).
+        f_min, f_max: analysed frequency range in Hz (f_max at most fs/2).
+        n_scales: number of scales (rows before resizing).
+        **kwargs: see `SignalToImage`.
+    """
+
+    kind = "cwt"
+
+    def __init__(self, *, wavelet: str = "cmor1.5-1.0", f_min: float = 50.0, f_max: float = 5000.0, n_scales: int = 64, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        try:
+            self._wavelet = pywt.ContinuousWavelet(wavelet)
+        except ValueError:
+            raise ValueError(
+                f"wavelet {wavelet!r} is not a continuous wavelet; use one of {pywt.wavelist(kind='continuous')}"
+            ) from None
+        if not 0 < f_min < f_max <= self.fs / 2:
+            raise ValueError(f"need 0 < f_min < f_max <= fs/2 = {self.fs / 2:g} Hz, got f_min={f_min}, f_max={f_max}")
+        self.wavelet = wavelet
+        self.f_min = float(f_min)
+        self.f_max = float(f_max)
+        self.n_scales = int(n_scales)
+        # Computed once per transform, not per call.
+        self.frequencies_ = np.geomspace(self.f_min, self.f_max, self.n_scales)
+        self.scales_ = pywt.frequency2scale(self._wavelet, self.frequencies_ / self.fs)
+
+    def _settings(self) -> dict[str, Any]:
+        return {"wavelet": self.wavelet, "f_min": self.f_min, "f_max": self.f_max, "n_scales": self.n_scales}
+
+    def frequencies(self, n_samples: int) -> np.ndarray:
+        return self.frequencies_
+
+    def magnitude(self, windows: np.ndarray) -> torch.Tensor:
+        coef, _ = pywt.cwt(windows, self.scales_, self._wavelet, sampling_period=1 / self.fs, method="fft", axis=-1)
+        return torch.from_numpy(np.abs(coef).astype(np.float32)).permute(1, 0, 2)  # (N, scales, L)
