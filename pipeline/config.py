@@ -37,14 +37,14 @@ class SimulatorConfig(Section):
     """Physics-based gearbox and bearing vibration simulator (the embedded default data)."""
 
     fs: int = Field(12800, ge=1000, le=200_000, description="sample rate in Hz")
-    duration_s: float = Field(2.0, gt=0, le=600, description="length of each recording in seconds")
-    recordings_per_class: int = Field(16, ge=3, le=10_000)
+    duration_s: float = Field(1.0, gt=0, le=600, description="length of each recording in seconds")
+    recordings_per_class: int = Field(30, ge=3, le=10_000)
     classes: tuple[Literal[FAULT_CLASSES], ...] = Field(FAULT_CLASSES, min_length=2)  # type: ignore[valid-type]
     rpm: tuple[float, float] = (900.0, 2100.0)
     load: tuple[float, float] = (0.2, 1.0)
-    snr_db: tuple[float, float] = (-6.0, 6.0)
+    snr_db: tuple[float, float] = (0.0, 10.0)
     resonance_hz: tuple[float, float] = (2000.0, 4500.0)
-    severity: tuple[float, float] = (0.15, 1.0)
+    severity: tuple[float, float] = (0.3, 1.0)
     seed: int = Field(0, ge=0, description="seed of the data (independent of the training seed)")
 
     @field_validator("rpm", "load", "snr_db", "resonance_hz", "severity")
@@ -118,8 +118,8 @@ class DataConfig(Section):
 
 class CwtConfig(Section):
     wavelet: str = "cmor1.5-1.0"
-    f_min: float = Field(50.0, gt=0, description="lowest analysed frequency in Hz")
-    f_max: float = Field(5000.0, gt=0, description="highest analysed frequency in Hz")
+    f_min: float = Field(200.0, gt=0, description="lowest analysed frequency in Hz")
+    f_max: float = Field(6000.0, gt=0, description="highest analysed frequency in Hz")
     n_scales: int = Field(64, ge=4, le=512)
 
     @field_validator("wavelet")
@@ -152,7 +152,7 @@ class StftConfig(Section):
 class TransformConfig(Section):
     kind: Literal["cwt", "stft"] = "cwt"
     image_size: int = Field(64, ge=16, le=1024, description="side of the square image fed to the network")
-    floor_db: float = Field(-60.0, lt=0, description="dynamic range kept below each image's peak, in dB")
+    floor_db: float = Field(-40.0, lt=0, description="dynamic range kept below each image's peak, in dB")
     cwt: CwtConfig = CwtConfig()
     stft: StftConfig = StftConfig()
 
@@ -194,7 +194,7 @@ class StrategyConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(4, ge=1, le=10_000)
+    epochs: int = Field(6, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(1e-2, ge=0)

@@ -82,7 +82,8 @@ def fit(
     """Train `model` in place; on return it holds the weights of the best validation epoch.
 
     A checkpoint (model, optimizer, epoch) is written atomically after every epoch, so an
-    interrupted run keeps its last state on disk.
+    interrupted run keeps its last state on disk; the best epoch's weights go to
+    `best_checkpoint_path(checkpoint)`.
     """
     x_train, y_train = train
     x_val, y_val = val
@@ -143,6 +144,7 @@ def fit(
         if score > result.best_score:
             result.best_score, result.best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
+            save_checkpoint(best_checkpoint_path(checkpoint), model=model, epoch=epoch, strategy=strategy.name, score=score)
         save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch, strategy=strategy.name)
         if on_epoch is not None:
             on_epoch(epoch, row)
@@ -150,6 +152,10 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     return result
+
+
+def best_checkpoint_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}.best{checkpoint.suffix}")
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:

@@ -147,7 +147,7 @@ class GearboxSimulator:
             start = rng.uniform(0, 2 * np.pi)
             revolutions = np.arange(np.ceil((shaft_phase[0] - start) / (2 * np.pi)), (shaft_phase[-1] - start) / (2 * np.pi))
             times = np.interp(start + 2 * np.pi * revolutions, shaft_phase, t)
-            amps = np.full(times.shape, 2.5 * severity)
+            amps = np.full(times.shape, 6.0 * severity)
         elif label in ("outer_race", "inner_race"):
             geometry = self.geometry
             rate = geometry.bpfo(shaft_hz) if label == "outer_race" else geometry.bpfi(shaft_hz)
@@ -156,7 +156,7 @@ class GearboxSimulator:
             gaps = (1 + slip * rng.standard_normal(count)) / rate
             times = rng.uniform(0, 1 / rate) + np.cumsum(gaps) - gaps[0]
             times = times[times < t[-1]]
-            amps = np.full(times.shape, 2.0 * severity)
+            amps = np.full(times.shape, 5.0 * severity)
             if label == "inner_race":
                 # The defect passes through the load zone once per shaft revolution.
                 phase_at = np.interp(times, t, shaft_phase)

@@ -41,6 +41,8 @@ def window_starts(n_samples: int, length: int, hop: int) -> np.ndarray:
 def cut_windows(signal: np.ndarray, length: int, hop: int) -> np.ndarray:
     """(channels, samples) -> (n_windows, channels, length), a copy."""
     starts = window_starts(signal.shape[-1], length, hop)
+    if len(starts) == 0:
+        return np.zeros((0, signal.shape[0], length), dtype=signal.dtype)
     view = np.lib.stride_tricks.sliding_window_view(signal, length, axis=-1)  # (C, n, L)
     return np.ascontiguousarray(view[:, starts].transpose(1, 0, 2))
 

@@ -1,0 +1,59 @@
+"""Shared fixtures: small configs, an isolated working directory, restored RNG state."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A job small enough for one CPU minute: 5 classes x 3 recordings of 0.5 s, 32 px images, one epoch.
+TINY_JOB = {
+    "name": "tiny",
+    "data": {
+        "simulator": {"recordings_per_class": 3, "duration_s": 0.5, "snr_db": [5, 10], "severity": [0.6, 1.0]},
+        "window": {"length": 1024, "hop": 512},
+    },
+    "transform": {"kind": "cwt", "image_size": 32, "cwt": {"n_scales": 32, "f_max": 6000}},
+    "train": {"epochs": 1, "batch_size": 16, "num_threads": 2},
+    "tracking": {"experiment": "tiny", "registered_model": "tiny-fault"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng():
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    yield
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory with no tracking URI from the environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def write_config(path: Path, job: dict) -> Path:
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` as a real process."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,164 @@
+"""`pipeline run` on a tiny job as a real process, then the store, the ONNX file and `pipeline predict`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from deploy.inferencer import OnnxInferencer
+from models import build_model
+from pipeline.config import SimulatorConfig, load_config
+from pipeline.ingest.simulator import GearboxSimulator
+from pipeline.ingest.split import split_by_recording
+from pipeline.ingest.windows import make_windows
+from tests.conftest import TINY_JOB, run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def finished_job(tmp_path_factory):
+    """Run the tiny job once for all tests of this module."""
+    work = tmp_path_factory.mktemp("job")
+    cfg_path = write_config(work / "tiny.yaml", TINY_JOB)
+    proc = run_cli("run", str(cfg_path), cwd=work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return work, cfg_path, proc.stdout
+
+
+def _client(work: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+
+
+def test_summary_lists_both_strategies_onnx_registry_and_ui(finished_job):
+    work, _, out = finished_job
+    for needle in ("strategy", "val acc", "test acc", "test macro-F1", "train time", "scratch", "finetune", "ONNX model:", "alias 'champion'", "mlflow ui --backend-store-uri"):
+        assert needle in out, needle
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("scratch ", "finetune "))}
+    assert rows["scratch"][1] == "random" and rows["finetune"][1] == "imagenet"
+    for cells in rows.values():
+        assert 0.0 <= float(cells[3]) <= 1.0  # test accuracy
+
+
+def test_mlflow_holds_parent_and_child_runs_with_metrics(finished_job):
+    work, _, _ = finished_job
+    client = _client(work)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and sorted(r.data.tags["strategy"] for r in children) == ["finetune", "scratch"]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.params["train.epochs"] == "1" and parent.data.params["transform.kind"] == "cwt"
+    assert parent.data.tags["best_strategy"] in ("scratch", "finetune")
+    for child in children:
+        for key in ("test_accuracy", "test_macro_f1", "train_seconds"):
+            assert 0 <= child.data.metrics[key], key
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [0]  # one point per epoch
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.md", "comparison.csv", "split_report.json", "config.json"} <= artifacts
+    table = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="comparison.md", tracking_uri=f"sqlite:///{work / 'mlflow.db'}")).read_text()
+    assert "| scratch |" in table and "| finetune |" in table
+
+
+def test_onnx_matches_pytorch_on_real_inputs_and_alias_resolves(finished_job):
+    work, cfg_path, out = finished_job
+    onnx_path = work / re.search(r"ONNX model:\s+(\S+)", out).group(1)
+    assert onnx_path.is_file()
+    inferencer = OnnxInferencer(onnx_path)
+    meta = inferencer.metadata
+    assert meta["classes"] == list(SimulatorConfig().classes)
+    assert meta["transform"]["kind"] == "cwt" and meta["window"] == {"length": 1024, "hop": 512}
+    # Real inputs: test windows through the transform rebuilt from the model's metadata.
+    cfg = load_config(cfg_path)
+    recs = GearboxSimulator(cfg.data.simulator).recordings()
+    test = make_windows(split_by_recording(recs, cfg.data.split).test, meta["classes"], 1024, 512)
+    images = inferencer.transform(test.x)
+    best = meta["model"]["strategy"]
+    ckpt = onnx_path.parent / "checkpoints" / f"{best}.best.pt"
+    model = build_model("efficientnet_lite0", num_classes=5, pretrained=False)
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    with torch.no_grad():
+        expected = model.eval()(images).numpy()
+    got = inferencer.session.run(None, {"input": images.numpy()})[0]
+    assert np.max(np.abs(got - expected)) <= 1e-4
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+    # The registry: alias champion points at the version the job reported.
+    client = _client(work)
+    version = client.get_model_version_by_alias("tiny-fault", "champion")
+    assert f"models:/tiny-fault/{version.version}" in out
+    assert version.tags["strategy"] == best and "data_hash" in version.tags
+
+
+def test_predict_classifies_signal_files(finished_job):
+    work, _, _ = finished_job
+    sim = GearboxSimulator(SimulatorConfig(**{**TINY_JOB["data"]["simulator"], "seed": 7}))
+    rec = sim.simulate("outer_race", 0)
+    np.save(work / "sig.npy", rec.signal[0])
+    np.savetxt(work / "sig.csv", rec.signal[0][:, None], delimiter=",", header="accel", comments="")
+    for uri in ("models:/tiny-fault@champion", str(next(work.rglob("model.onnx")))):
+        proc = run_cli("predict", "--model", uri, "sig.npy", "sig.csv", "--json", cwd=work)
+        assert proc.returncode == 0, proc.stderr
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [x["file"] for x in lines] == ["sig.npy", "sig.csv"]
+        for x in lines:
+            assert x["label"] in SimulatorConfig().classes and x["windows"] == 11
+            assert abs(sum(x["probabilities"].values()) - 1) < 1e-5
+        assert lines[0]["probabilities"] == pytest.approx(lines[1]["probabilities"], abs=1e-5)
+
+
+def test_predict_bad_input_exits_2_with_a_clear_message(finished_job):
+    work, _, _ = finished_job
+    np.save(work / "short.npy", np.zeros(100, np.float32))
+    bad = np.ones(4096, np.float32)
+    bad[5] = np.nan
+    np.save(work / "nan.npy", bad)
+    cases = {
+        ("short.npy",): "needs at least one window of 1024",
+        ("nan.npy",): "NaN or Inf",
+        ("missing.npy",): "not found",
+        ("nan.npy", "--fs", "48000"): None,
+    }
+    for args, needle in cases.items():
+        proc = run_cli("predict", "--model", "models:/tiny-fault@champion", *args, cwd=work)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        if needle:
+            assert needle in proc.stderr
+    np.save(work / "ok.npy", np.random.default_rng(0).standard_normal(4096).astype(np.float32))
+    proc = run_cli("predict", "--model", "models:/tiny-fault@champion", "ok.npy", "--fs", "48000", cwd=work)
+    assert proc.returncode == 2 and "expects 12800 Hz" in proc.stderr
+    proc = run_cli("predict", "--model", "models:/no-such-model@champion", "ok.npy", cwd=work)
+    assert proc.returncode == 2 and "no-such-model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path):
+    job = copy.deepcopy(TINY_JOB)
+    job["train"]["epochs"] = 30
+    job["tracking"]["experiment"] = "interrupted"
+    cfg_path = write_config(tmp_path / "long.yaml", job)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.rglob("scratch.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "KILLED" in err and "Traceback" not in err
+    ckpt = next(tmp_path.rglob("scratch.pt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["epoch"] >= 0 and "model" in state and "optimizer" in state
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
+    assert runs and all(r.info.status == "KILLED" for r in runs)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pywt
+import torch
+from scipy.signal import ShortTimeFFT
+from scipy.signal.windows import hann
+
+import signal2image
+from signal2image import CwtTransform, StftTransform
+
+FS = 12800.0
+
+
+def _sine(freq: float, n: int = 2048, phase: float = 0.0) -> np.ndarray:
+    return np.sin(2 * np.pi * freq * np.arange(n) / FS + phase).astype(np.float32)
+
+
+@pytest.mark.parametrize("transform", [CwtTransform(fs=FS, image_size=48, n_scales=32, f_min=100, f_max=6000), StftTransform(fs=FS, image_size=40, nperseg=128, hop=32)])
+def test_shape_range_roundtrip_and_batch(transform):
+    rng = np.random.default_rng(0)
+    windows = rng.standard_normal((5, 2048)).astype(np.float32)
+    out = transform(windows)
+    size = transform.image_size
+    assert out.shape == (5, 3, size, size) and out.dtype == torch.float32
+    assert torch.isfinite(out).all() and out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6  # mean = std = 0.5
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])  # one sensor -> grey RGB
+    rebuilt = signal2image.from_dict(transform.to_dict())
+    assert rebuilt.to_dict() == transform.to_dict()
+    assert torch.equal(rebuilt(windows), out)
+    one_by_one = torch.cat([transform(windows[i : i + 1]) for i in range(5)])
+    assert torch.allclose(one_by_one, out, atol=1e-5)
+
+
+def test_cwt_sine_peaks_at_its_frequency_and_matches_pywt():
+    t = CwtTransform(fs=FS, n_scales=48, f_min=100, f_max=6000)
+    for f0 in (400.0, 1500.0, 4000.0):
+        mag = t.magnitude(_sine(f0)[None])[0].numpy()  # (scales, L)
+        row = mag[:, 512:1536].mean(axis=1).argmax()
+        assert abs(np.log(t.frequencies_[row] / f0)) < np.log(6000 / 100) / 47 * 1.5
+    x = _sine(700.0)[None]
+    ref, _ = pywt.cwt(x[0], t.scales_, "cmor1.5-1.0", sampling_period=1 / FS, method="conv")
+    got = t.magnitude(x)[0].numpy()
+    assert np.max(np.abs(got - np.abs(ref))) <= 1e-3 * np.abs(ref).max()
+
+
+def test_stft_sine_peaks_in_the_right_bin_and_matches_scipy():
+    t = StftTransform(fs=FS, nperseg=256, hop=64)
+    mag = t.magnitude(_sine(1000.0)[None])[0].numpy()  # (129, frames)
+    assert abs(t.frequencies(2048)[mag.mean(axis=1).argmax()] - 1000.0) <= FS / 256
+    x = np.random.default_rng(1).standard_normal(2048).astype(np.float32)
+    sft = ShortTimeFFT(hann(256, sym=False), hop=64, fs=FS, scale_to=None)
+    ref = np.abs(sft.stft(x, p0=sft.lower_border_end[1], p1=sft.upper_border_begin(2048)[1]))
+    got = t.magnitude(x[None])[0].numpy()
+    assert got.shape == ref.shape
+    assert np.allclose(got, ref, atol=1e-3 * ref.max())
+
+
+def test_three_sensors_map_to_rgb():
+    t = StftTransform(fs=FS, image_size=32, nperseg=128, hop=64)
+    x = np.stack([_sine(500), _sine(2000), _sine(4000)])[None]  # (1, 3, 2048)
+    out = t(x)
+    assert not torch.equal(out[0, 0], out[0, 1]) and not torch.equal(out[0, 1], out[0, 2])
+    assert torch.equal(out[0, 1], t(x[:, 1])[0, 0])
+
+
+def test_invalid_settings_name_the_fix():
+    with pytest.raises(ValueError, match="not a continuous wavelet"):
+        CwtTransform(fs=FS, wavelet="db4")
+    with pytest.raises(ValueError, match="fs/2"):
+        CwtTransform(fs=FS, f_max=FS)
+    with pytest.raises(ValueError, match="unknown transform kind"):
+        signal2image.from_dict({"kind": "wigner"})
