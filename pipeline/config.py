@@ -228,7 +228,7 @@ class TrackingConfig(Section):
 class ExportConfig(Section):
     dir: Path = Field(Path("artifacts"), description="where ONNX files and checkpoints are written")
     opset: int = Field(17, ge=17, le=23)
-    tolerance: float = Field(1e-4, gt=0, description="max |logit difference| ONNX Runtime vs PyTorch")
+    tolerance: float = Field(1e-4, gt=0, description="max |logit difference| ONNX Runtime vs PyTorch (per unit of logit above 1)")
 
 
 class JobConfig(Section):

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deploy.inferencer import OnnxInferencer, choose_providers, cuda_usable
+from deploy.onnx_export import export_onnx
+from models import build_model
+from pipeline.errors import ExportError, UserError
+from pipeline.train import select_device
+from signal2image import StftTransform
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", num_classes=3, pretrained=False).eval()
+    transform = StftTransform(fs=8000, image_size=32, nperseg=64, hop=16)
+    windows = np.random.default_rng(0).standard_normal((6, 512)).astype(np.float32)
+    inputs = transform(windows)
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    meta = {"classes": ["a", "b", "c"], "transform": transform.to_dict(), "window": {"length": 512, "hop": 256}}
+    report = export_onnx(model, inputs, path, metadata=meta)
+    return model, transform, windows, inputs, path, report
+
+
+def test_export_has_metadata_dynamic_batch_and_parity(exported):
+    model, transform, windows, inputs, path, report = exported
+    assert report.same_predictions and report.max_abs_diff <= 1e-4 and report.n_inputs == 6
+    inf = OnnxInferencer(path)
+    assert inf.classes == ["a", "b", "c"] and inf.window_length == 512 and inf.fs == 8000
+    assert inf.transform.to_dict() == transform.to_dict()
+    with torch.no_grad():
+        expected = torch.softmax(model(inputs), 1).numpy()
+    for n in (1, 5):  # any batch size
+        assert np.allclose(inf.predict_windows(windows[:n]), expected[:n], atol=1e-5)
+    pred = inf.predict_signal(np.random.default_rng(1).standard_normal(2048), fs=8000)
+    assert pred.label in inf.classes and len(pred.window_labels) == 7
+
+
+class BatchDependent(torch.nn.Module):
+    """Python control flow the ONNX trace cannot capture: the export is wrong for other batch sizes."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out if x.shape[0] == 2 else out + 1.0
+
+
+def test_export_refuses_an_unfaithful_model(exported, tmp_path):
+    model, _, _, inputs, _, _ = exported
+    with pytest.raises(ExportError, match="max \\|logit diff\\| 1.00e\\+00"):
+        export_onnx(BatchDependent(model), inputs, tmp_path / "m.onnx", metadata={})
+
+
+def test_inferencer_rejects_foreign_models_and_wrong_lengths(exported, tmp_path):
+    _, _, windows, inputs, path, _ = exported
+    model = build_model("efficientnet_lite0", num_classes=3, pretrained=False).eval()
+    torch.onnx.export(model, (inputs[:1],), str(tmp_path / "plain.onnx"), dynamo=False, input_names=["input"])
+    with pytest.raises(UserError, match="lacks this project's metadata"):
+        OnnxInferencer(tmp_path / "plain.onnx")
+    with pytest.raises(UserError, match="expects 512"):
+        OnnxInferencer(path).predict_windows(windows[:, :100])
+
+
+def test_cuda_paths_fall_back_to_the_cpu():
+    if torch.cuda.is_available() or cuda_usable():
+        pytest.skip("a GPU is present: the fallback is not exercised")
+    assert choose_providers("cuda") == ["CPUExecutionProvider"]
+    assert choose_providers("auto") == ["CPUExecutionProvider"]
+    assert select_device("cuda").type == "cpu" and select_device("auto").type == "cpu"
