@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/gearbox.yaml
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-dev run test ui serve bench clean
+.PHONY: install install-dev run test ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,6 @@ test: install-dev
 
 ui: install
 	$(BIN)/pipeline ui
-
-bench: install-dev
-	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf mlruns mlartifacts mlflow.db artifacts .cache .pytest_cache

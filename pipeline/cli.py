@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
+    # A stop from a scheduler or container (SIGTERM) ends the runs KILLED, like Ctrl-C, instead of leaving them RUNNING.
+    signal.signal(signal.SIGTERM, _interrupt)
+
     cfg = load_config(args.config, args.overrides)
     from pipeline.job import run_job, summary
 
@@ -109,6 +113,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI on http://{args.host}:{args.port} ({uri}); Ctrl-C stops it", flush=True)
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

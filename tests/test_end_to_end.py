@@ -142,7 +142,8 @@ def test_predict_bad_input_exits_2_with_a_clear_message(finished_job):
     assert proc.returncode == 2 and "no-such-model" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path, stop):
     job = copy.deepcopy(TINY_JOB)
     job["train"]["epochs"] = 30
     job["tracking"]["experiment"] = "interrupted"
@@ -153,7 +154,7 @@ def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path):
     while not list(tmp_path.rglob("scratch.pt")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "KILLED" in err and "Traceback" not in err
     ckpt = next(tmp_path.rglob("scratch.pt"))
