@@ -59,6 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
     predict.set_defaults(func=cmd_predict)
 
+    models_ = sub.add_parser(
+        "models",
+        help="list registered model versions, or point an alias at a version",
+        description="The MLflow model registry of this project's store.",
+    )
+    models_sub = models_.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = models_sub.add_parser("list", help="every registered version with its aliases, strategy, test accuracy and data hash")
+    listing.add_argument("--tracking-uri", default=None, help="store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    listing.set_defaults(func=cmd_models_list)
+    promote = models_sub.add_parser(
+        "promote",
+        help="point an alias (default champion) at a version by hand",
+        description="Point ALIAS at VERSION of NAME, e.g. `pipeline models promote gearbox-fault 3 --alias champion`.",
+    )
+    promote.add_argument("name", metavar="NAME", help="registered model name")
+    promote.add_argument("version", metavar="VERSION", help="version number")
+    promote.add_argument("--alias", default="champion", help="alias to move (default champion)")
+    promote.add_argument("--tracking-uri", default=None, help="store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    promote.set_defaults(func=cmd_models_promote)
+
     ui = sub.add_parser(
         "ui",
         help="open the MLflow UI on this project's store",
@@ -100,6 +120,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"{file}: {prediction.label} (p={prediction.probabilities[prediction.label]:.3f}; "
                 f"{agree}/{len(prediction.window_labels)} windows agree)"
             )
+    return 0
+
+
+def _registry_client(tracking_uri: str | None):
+    import mlflow
+
+    from pipeline.tracking import resolve_tracking_uri, use_store
+
+    uri = resolve_tracking_uri(tracking_uri)
+    use_store(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from pipeline.registry import LIST_HEADERS, list_versions
+    from pipeline.report import text_table
+
+    rows = list_versions(_registry_client(args.tracking_uri))
+    print(text_table(LIST_HEADERS, rows) if rows else "no registered models yet; `pipeline run CONFIG` registers one")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    from pipeline.registry import promote
+
+    print(promote(_registry_client(args.tracking_uri), args.name, args.version, args.alias))
     return 0
 
 

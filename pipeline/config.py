@@ -199,13 +199,27 @@ class TrainConfig(Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(1e-2, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
-    seed: int = Field(0, ge=0)
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="one trained model per seed; the report gives mean and std")
+    train_fraction: tuple[float, ...] = Field(
+        (1.0,), min_length=1, description="fractions of the training recordings (per class) for a data-size sweep"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     select_metric: Literal["val_accuracy", "val_macro_f1"] = "val_accuracy"
     strategies: tuple[StrategyConfig, ...] = Field(
         (StrategyConfig(name="scratch", lr=3e-3), StrategyConfig(name="finetune", lr=1e-3)), min_length=1
     )
+
+    @field_validator("seeds", "train_fraction")
+    @classmethod
+    def _unique_values(cls, value: tuple[Any, ...], info: Any) -> tuple[Any, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{info.field_name} must not repeat values, got {list(value)}")
+        if info.field_name == "train_fraction" and not all(0 < f <= 1 for f in value):
+            raise ValueError(f"train_fraction values must be in (0, 1], got {list(value)}")
+        if info.field_name == "seeds" and not all(s >= 0 for s in value):
+            raise ValueError(f"seeds must be non-negative integers, got {list(value)}")
+        return value
 
     @field_validator("strategies")
     @classmethod

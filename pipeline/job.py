@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 import signal2image
 from models import build_model, get_preprocessing
@@ -18,9 +21,12 @@ from pipeline.errors import UserError
 from pipeline.ingest import load_recordings
 from pipeline.ingest.split import SPLIT_NAMES, RecordingSplit, split_by_recording
 from pipeline.ingest.windows import WindowSet, make_windows
+from deploy.onnx_export import ParityReport, export_onnx
 from pipeline.metrics import classification_metrics, confusion_matrix
-from pipeline.report import HEADERS, StrategyRow, comparison_csv, markdown_table, text_table
-from pipeline.tracking import ensure_experiment, is_local_store, resolve_tracking_uri, tracked_run, use_store
+from pipeline.plots import bar_figure, confusion_figure, examples_figure, learning_curves_figure, sweep_figure, to_png
+from pipeline.registry import Registration, register_onnx
+from pipeline.report import HEADERS, Aggregate, TrialResult, aggregate, html_report, markdown_report, text_table, trials_csv
+from pipeline.tracking import ensure_experiment, is_local_store, log_png, resolve_tracking_uri, tracked_run, use_store
 from pipeline.train import fit, predict_logits, seed_everything, select_device
 
 
@@ -59,15 +65,16 @@ class PreparedData:
 @dataclass
 class JobResult:
     parent_run_id: str
-    rows: list[StrategyRow]
-    best: StrategyRow
+    trials: list[TrialResult]
+    best: TrialResult
     onnx_path: Path
-    parity: Any
-    registered_model: str
-    model_version: str
-    alias: str
+    parity: ParityReport
+    registration: Registration
     tracking_uri: str
-    data_seconds: float
+
+    @property
+    def aggregates(self) -> list[Aggregate]:
+        return aggregate(self.trials)
 
 
 def prepare_data(cfg: JobConfig, echo: Callable[[str], None] = print) -> PreparedData:
@@ -103,7 +110,7 @@ def build_transform(cfg: JobConfig) -> signal2image.SignalToImage:
 
 
 def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[str], None] = print) -> JobResult:
-    """Run the whole job; see the module docstring for the stages.
+    """Run the whole job: data, every strategy x train fraction x seed, report, export, registry.
 
     Raises:
         UserError: bad data or settings found while running.
@@ -120,43 +127,36 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     data = prepare_data(cfg, echo)
     experiment_id = ensure_experiment(cfg.tracking.experiment, tracking_uri=tracking_uri, artifact_dir=cfg.tracking.artifact_dir)
     data_hash = data.fingerprint()
-    tags = {
-        "job": cfg.name,
-        "config_file": str(config_path or "defaults"),
-        "data_hash": data_hash,
-        "device": device.type,
-        "torch": torch.__version__,
-    }
-    with tracked_run(experiment_id=experiment_id, run_name=cfg.name, tags=tags) as parent:
+    with tracked_run(experiment_id=experiment_id, run_name=cfg.name, tags=run_tags(cfg, config_path, data, device, data_hash)) as parent:
         parent_id = parent.info.run_id
         out_dir = cfg.export.dir / cfg.name / parent_id
         mlflow.log_params(cfg.flat_params())
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_dict(data.report(), "split_report.json")
+        example_png = to_png(examples(data))
+        log_png(example_png, "examples.png")
         mlflow.log_metric("data_seconds", data.seconds)
         for name in SPLIT_NAMES:
             mlflow.log_metric(f"{name}_windows", len(data.windows[name]))
             mlflow.log_metric(f"{name}_recordings", len(data.split.parts()[name]))
 
-        echo(f"[2/4] training {len(cfg.train.strategies)} strategies on {device.type} ({cfg.model.backbone})")
-        rows, models_ = [], {}
-        for strategy in cfg.train.strategies:
-            row, model = run_strategy(cfg, strategy, data, device=device, experiment_id=experiment_id, checkpoint_dir=out_dir / "checkpoints", echo=echo)
-            rows.append(row)
-            models_[row.strategy] = model
-
-        best = max(rows, key=lambda r: getattr(r, cfg.train.select_metric))
-        table_rows = [r.cells() for r in rows]
-        mlflow.log_text(markdown_table(HEADERS, table_rows), "comparison.md")
-        mlflow.log_text(comparison_csv(rows), "comparison.csv")
+        plan = [(s, f, seed) for s in cfg.train.strategies for f in cfg.train.train_fraction for seed in cfg.train.seeds]
+        echo(f"[2/4] training {len(plan)} model(s) on {device.type} ({cfg.model.backbone}): strategies x train fractions x seeds")
+        trials: list[TrialResult] = []
+        best, best_model = None, None
+        for strategy, fraction, seed in plan:
+            trial, model = run_trial(cfg, strategy, fraction, seed, data, device=device, experiment_id=experiment_id, checkpoint_dir=out_dir / "checkpoints", echo=echo)
+            trials.append(trial)
+            if best is None or getattr(trial, cfg.train.select_metric) > getattr(best, cfg.train.select_metric):
+                best, best_model = trial, model  # only the best network stays in memory
+        assert best is not None and best_model is not None
+        log_comparison(cfg, trials, logged={"examples.png": example_png})
         mlflow.set_tags({"best_strategy": best.strategy, "best_run_id": best.run_id})
         mlflow.log_metrics({"best_test_accuracy": best.test_accuracy, "best_test_macro_f1": best.test_macro_f1})
 
-        echo(f"[3/4] exporting {best.strategy} (best {cfg.train.select_metric}) to ONNX")
+        echo(f"[3/4] exporting {trial_name(cfg, best.strategy, best.train_fraction, best.seed)} (best {cfg.train.select_metric}) to ONNX")
         onnx_path = out_dir / "model.onnx"
-        from deploy.onnx_export import export_onnx
-
-        parity_inputs = data.images["test"][: min(64, len(data.images["test"]))]
+        inputs = data.images["test"][: min(64, len(data.images["test"]))]
         metadata = {
             "classes": data.classes,
             "transform": data.transform.to_dict(),
@@ -168,68 +168,109 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
                 "name": cfg.tracking.registered_model,
                 "backbone": cfg.model.backbone,
                 "strategy": best.strategy,
+                "seed": best.seed,
+                "train_fraction": best.train_fraction,
                 "run_id": parent_id,
                 "strategy_run_id": best.run_id,
                 "data_hash": data_hash,
             },
             "metrics": {"test_accuracy": best.test_accuracy, "test_macro_f1": best.test_macro_f1},
         }
-        parity = export_onnx(models_[best.strategy], parity_inputs, onnx_path, metadata=metadata, opset=cfg.export.opset, tolerance=cfg.export.tolerance)
+        parity = export_onnx(best_model, inputs, onnx_path, metadata=metadata, opset=cfg.export.opset, tolerance=cfg.export.tolerance)
         echo(f"  {parity}")
         mlflow.log_metric("onnx_max_abs_diff", parity.max_abs_diff)
+        log_pytorch_model(best_model, inputs[:2])
 
         echo(f"[4/4] registering in the MLflow model registry as {cfg.tracking.registered_model!r}")
-        version = register_onnx(onnx_path, parity_inputs, cfg, best, data_hash)
-    return JobResult(
-        parent_run_id=parent_id,
-        rows=rows,
-        best=best,
-        onnx_path=onnx_path,
-        parity=parity,
-        registered_model=cfg.tracking.registered_model,
-        model_version=version,
-        alias=cfg.tracking.alias,
-        tracking_uri=tracking_uri,
-        data_seconds=data.seconds,
-    )
+        registration = register_onnx(
+            onnx_path,
+            inputs[:2].numpy(),
+            name=cfg.tracking.registered_model,
+            alias=cfg.tracking.alias,
+            score=best.test_accuracy,
+            tags={
+                "strategy": best.strategy,
+                "seed": str(best.seed),
+                "train_fraction": f"{best.train_fraction:g}",
+                "test_macro_f1": f"{best.test_macro_f1:.6f}",
+                "data_hash": data_hash,
+                "job": cfg.name,
+                "run_id": parent_id,
+            },
+        )
+        mlflow.set_tags({"registered_version": registration.version, "registered_alias": registration.alias})
+    return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri)
 
 
-def run_strategy(
+def trial_name(cfg: JobConfig, strategy: str, fraction: float, seed: int) -> str:
+    """`finetune`, or `finetune-frac0.2-seed1` when the job sweeps fractions or seeds."""
+    name = strategy
+    if len(cfg.train.train_fraction) > 1:
+        name += f"-frac{fraction:g}"
+    if len(cfg.train.seeds) > 1:
+        name += f"-seed{seed}"
+    return name
+
+
+def train_subset(windows: WindowSet, fraction: float, seed: int) -> np.ndarray:
+    """Indices of the windows of a per-class fraction of the training recordings (at least one each).
+
+    Nested: for one seed, the recordings of a smaller fraction are a subset of a larger one's.
+    """
+    if fraction >= 1.0:
+        return np.arange(len(windows))
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for c in np.unique(windows.y):
+        recs = np.unique(windows.recording[windows.y == c])
+        keep += rng.permutation(recs)[: max(1, int(round(fraction * len(recs))))].tolist()
+    return np.flatnonzero(np.isin(windows.recording, keep))
+
+
+def run_trial(
     cfg: JobConfig,
     strategy: StrategyConfig,
+    fraction: float,
+    seed: int,
     data: PreparedData,
     *,
     device: torch.device,
     experiment_id: str,
     checkpoint_dir: Path,
     echo: Callable[[str], None],
-) -> tuple[StrategyRow, torch.nn.Module]:
-    """Train one strategy in its own child run and evaluate it on the test recordings."""
+) -> tuple[TrialResult, torch.nn.Module]:
+    """Train one strategy on one fraction with one seed in its own child run; evaluate on the test recordings."""
     import mlflow
 
     n_classes = len(data.classes)
     weights = "imagenet" if strategy.pretrained else "random"
-    with tracked_run(experiment_id=experiment_id, run_name=strategy.name, nested=True, tags={"strategy": strategy.name, "weights": weights}) as run:
-        mlflow.log_params({"strategy": strategy.name, "kind": strategy.kind, "lr": strategy.lr, "weights": weights, "backbone": cfg.model.backbone})
-        seed_everything(cfg.train.seed)
+    name = trial_name(cfg, strategy.name, fraction, seed)
+    subset = train_subset(data.windows["train"], fraction, seed)
+    tags = {"strategy": strategy.name, "weights": weights, "seed": str(seed), "train_fraction": f"{fraction:g}"}
+    with tracked_run(experiment_id=experiment_id, run_name=name, nested=True, tags=tags) as run:
+        mlflow.log_params({"strategy": strategy.name, "kind": strategy.kind, "lr": strategy.lr, "weights": weights, "backbone": cfg.model.backbone, "seed": seed, "train_fraction": fraction})
+        mlflow.log_metric("train_windows_used", len(subset))
+        seed_everything(seed)
         model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=strategy.pretrained, dropout=cfg.model.dropout)
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             mlflow.log_metrics(row, step=epoch)
             echo(
-                f"  {strategy.name:>10s} epoch {epoch + 1}/{cfg.train.epochs}: train loss {row['train_loss']:.3f}, "
+                f"  {name:>12s} epoch {epoch + 1}/{cfg.train.epochs}: train loss {row['train_loss']:.3f}, "
                 f"val acc {row['val_accuracy']:.3f} ({row['epoch_seconds']:.1f} s)"
             )
 
+        index = torch.from_numpy(subset)
         result = fit(
             model,
-            (data.images["train"], torch.from_numpy(data.windows["train"].y)),
+            (data.images["train"][index], torch.from_numpy(data.windows["train"].y)[index]),
             (data.images["val"], torch.from_numpy(data.windows["val"].y)),
             n_classes=n_classes,
             strategy=strategy,
             cfg=cfg.train,
+            seed=seed,
             device=device,
-            checkpoint=checkpoint_dir / f"{strategy.name}.pt",
+            checkpoint=checkpoint_dir / f"{name}.pt",
             on_epoch=on_epoch,
         )
         test = data.windows["test"]
@@ -252,9 +293,13 @@ def run_strategy(
         )
         cm = confusion_matrix(test.y, pred, n_classes)
         mlflow.log_dict({"classes": data.classes, "matrix": cm.tolist()}, "confusion_matrix.json")
-        row = StrategyRow(
+        log_png(to_png(confusion_figure(cm, data.classes, f"{name}: test windows (accuracy {metrics['accuracy']:.3f})")), "confusion_matrix.png")
+        log_png(to_png(learning_curves_figure({name: result.history}, f"{name} ({weights} weights, lr {strategy.lr:g})")), "learning_curves.png")
+        trial = TrialResult(
             strategy=strategy.name,
             weights=weights,
+            seed=seed,
+            train_fraction=fraction,
             val_accuracy=best_row["val_accuracy"],
             val_macro_f1=best_row["val_macro_f1"],
             test_accuracy=metrics["accuracy"],
@@ -263,8 +308,9 @@ def run_strategy(
             best_epoch=result.best_epoch,
             train_seconds=result.train_seconds,
             run_id=run.info.run_id,
+            history=tuple(result.history),
         )
-    return row, model.cpu()
+    return trial, model.cpu()
 
 
 def recording_votes(windows: WindowSet, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,56 +323,122 @@ def recording_votes(windows: WindowSet, probs: np.ndarray) -> tuple[np.ndarray, 
     return np.asarray(truth), np.asarray(verdict)
 
 
-def register_onnx(onnx_path: Path, inputs: torch.Tensor, cfg: JobConfig, best: StrategyRow, data_hash: str) -> str:
-    """Log the ONNX model to the active (parent) run, register it and point the alias at the new version."""
+def run_tags(cfg: JobConfig, config_path: str | None, data: PreparedData, device: torch.device, data_hash: str) -> dict[str, str]:
+    """Parent-run tags: provenance (git commit, package versions), data hash and sizes, device."""
+    tags = {
+        "job": cfg.name,
+        "config_file": str(config_path or "defaults"),
+        "data_hash": data_hash,
+        "device": device.type,
+    }
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    for package in ("torch", "torchvision", "mlflow", "onnx", "onnxruntime-gpu", "numpy", "PyWavelets"):
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for split, counts in data.report()["windows"].items():
+        tags[f"size.{split}"] = str(sum(counts.values()))
+        for label, n in counts.items():
+            tags[f"size.{split}.{label}"] = str(n)
+    return tags
+
+
+def git_commit() -> str | None:
+    """Commit of the code that runs (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def examples(data: PreparedData) -> Figure:
+    """The first training window of each class as the network sees it, with Hz and seconds axes."""
+    ws, images, transform = data.windows["train"], data.images["train"], data.transform
+    pictures = []
+    for c in range(len(data.classes)):
+        i = int(np.flatnonzero(ws.y == c)[0])
+        pictures.append(images[i, 0].numpy() * transform.std[0] + transform.mean[0])
+    freqs = transform.frequencies(ws.x.shape[-1])
+    rows = np.interp(np.linspace(0, len(freqs) - 1, transform.image_size), np.arange(len(freqs)), freqs)
+    return examples_figure(pictures, data.classes, duration_s=ws.x.shape[-1] / transform.fs, row_frequencies=rows, kind=transform.kind)
+
+
+def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, bytes]) -> None:
+    """The comparison on the parent run: CSV of every trial, Markdown and HTML reports with figures.
+
+    `logged` holds figures already logged (by name) that the reports show too.
+    """
     import mlflow
-    import mlflow.onnx
-    import onnx
-    import onnxruntime
+
+    aggs = aggregate(trials)
+    top = max(cfg.train.train_fraction)
+    at_top = [a for a in aggs if a.train_fraction == top]
+    figures = {
+        "accuracy_by_strategy.png": to_png(
+            bar_figure(
+                [a.strategy for a in at_top],
+                [a.stat("test_accuracy")[0] for a in at_top],
+                [a.stat("test_accuracy")[1] for a in at_top],
+                ylabel="test accuracy",
+                title=f"scratch vs pretrained ({len(cfg.train.seeds)} seed(s), train fraction {top:g})",
+            )
+        ),
+        "learning_curves.png": to_png(learning_curves_figure({a.strategy: mean_history(a.trials) for a in at_top}, "validation per epoch (mean over seeds)")),
+    }
+    if len(cfg.train.train_fraction) > 1:
+        curves = {}
+        for strategy in dict.fromkeys(a.strategy for a in aggs):
+            mine = sorted((a for a in aggs if a.strategy == strategy), key=lambda a: a.train_fraction)
+            curves[strategy] = ([a.train_fraction for a in mine], [a.stat("test_accuracy")[0] for a in mine], [a.stat("test_accuracy")[1] for a in mine])
+        figures["data_size_sweep.png"] = to_png(sweep_figure(curves, title="test accuracy vs training data"))
+    for name, png in figures.items():
+        log_png(png, name)
+    figures.update(logged)
+    title = f"{cfg.name}: {cfg.model.backbone}, {cfg.transform.kind} {cfg.transform.image_size} px"
+    notes = [f"Mean ± standard deviation over seeds {list(cfg.train.seeds)}; test = held-out recordings; model chosen by {cfg.train.select_metric}."]
+    mlflow.log_text(markdown_report(title, aggs, list(figures), notes), "report.md")
+    mlflow.log_text(html_report(title, aggs, figures, notes), "report.html")
+    mlflow.log_text(trials_csv(trials), "comparison.csv")
+
+
+def mean_history(trials: tuple[TrialResult, ...]) -> list[dict[str, float]]:
+    keys = ("train_loss", "val_loss", "val_accuracy")
+    return [{k: float(np.mean([t.history[e][k] for t in trials])) for k in keys} for e in range(len(trials[0].history))]
+
+
+def log_pytorch_model(model: torch.nn.Module, example: torch.Tensor) -> None:
+    """The best network in MLflow's PyTorch flavour too (for fine-tuning further or inspecting it)."""
+    import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    from deploy.inferencer import choose_providers, create_session
-
-    example = inputs[:2].numpy()
-    logits = create_session(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": example})[0]
-    info = mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)),
-        name="model",
-        registered_model_name=cfg.tracking.registered_model,
-        signature=infer_signature(example, logits),
-        save_as_external_data=False,
-        onnx_execution_providers=choose_providers(),
-        pip_requirements=[f"onnxruntime-gpu=={onnxruntime.__version__}", f"onnx=={onnx.__version__}", "numpy"],
+    model.eval()
+    with torch.no_grad():
+        out = model(example).numpy()
+    mlflow.pytorch.log_model(
+        model,
+        name="pytorch-model",
+        signature=infer_signature(example.numpy(), out),
+        input_example=example.numpy(),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "efficientnet-lite-pytorch==0.1.0"],
     )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    name = cfg.tracking.registered_model
-    for key, value in {
-        "strategy": best.strategy,
-        "test_accuracy": f"{best.test_accuracy:.4f}",
-        "test_macro_f1": f"{best.test_macro_f1:.4f}",
-        "data_hash": data_hash,
-        "job": cfg.name,
-    }.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, cfg.tracking.alias, version)
-    return version
 
 
 def summary(result: JobResult) -> str:
     """What the user reads at the end of `pipeline run`."""
-    lines = ["", text_table(HEADERS, [r.cells() for r in result.rows]), ""]
-    lines.append(f"best strategy: {result.best.strategy}")
+    reg = result.registration
+    lines = ["", text_table(HEADERS, [a.cells() for a in result.aggregates]), ""]
+    lines.append(f"best model:    {result.best.strategy} (train fraction {result.best.train_fraction:g}, seed {result.best.seed})")
     lines.append(f"ONNX model:    {result.onnx_path}")
     lines.append(f"               {result.parity}")
-    lines.append(
-        f"registered:    models:/{result.registered_model}/{result.model_version}, alias '{result.alias}' -> version "
-        f"{result.model_version} (models:/{result.registered_model}@{result.alias})"
-    )
+    lines.append(f"registered:    models:/{reg.name}/{reg.version}, alias '{reg.alias}' -> version {reg.version} ({reg.uri})")
+    lines.append(f"               {reg.reason}")
     if is_local_store(result.tracking_uri):
         lines.append(f"MLflow UI:     pipeline ui    (= mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000)")
     else:
         lines.append(f"MLflow UI:     {result.tracking_uri}")
-    lines.append(f"predict:       pipeline predict --model models:/{result.registered_model}@{result.alias} FILE.npy")
+    lines.append(f"predict:       pipeline predict --model {reg.uri} FILE.npy")
     return "\n".join(lines)
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,16 @@ def tracked_run(**kwargs: Any) -> Iterator[Any]:
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def log_png(png: bytes, name: str) -> None:
+    """Log PNG bytes as artifact `name` of the active run."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(png)
+        mlflow.log_artifact(str(path))
 
 
 def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:

@@ -57,7 +57,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "weights"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "norms_biases"},
+    ]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -75,6 +78,7 @@ def fit(
     n_classes: int,
     strategy: StrategyConfig,
     cfg: TrainConfig,
+    seed: int,
     device: torch.device,
     checkpoint: Path,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -98,7 +102,7 @@ def fit(
         else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     )
     loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(seed)
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
@@ -136,8 +140,8 @@ def fit(
             "val_loss": val_loss,
             "val_accuracy": val_metrics["accuracy"],
             "val_macro_f1": val_metrics["macro_f1"],
-            "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - epoch_start,
+            **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
         }
         result.history.append(row)
         score = row[cfg.select_metric]
@@ -145,7 +149,7 @@ def fit(
             result.best_score, result.best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
             save_checkpoint(best_checkpoint_path(checkpoint), model=model, epoch=epoch, strategy=strategy.name, score=score)
-        save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch, strategy=strategy.name)
+        save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch, strategy=strategy.name, seed=seed)
         if on_epoch is not None:
             on_epoch(epoch, row)
     result.train_seconds = time.perf_counter() - start

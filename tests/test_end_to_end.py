@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from deploy.inferencer import OnnxInferencer
 from models import build_model
@@ -66,10 +67,23 @@ def test_mlflow_holds_parent_and_child_runs_with_metrics(finished_job):
             assert 0 <= child.data.metrics[key], key
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [0]  # one point per epoch
+    tags = parent.data.tags
+    assert tags["device"] == "cpu" and len(tags["data_hash"]) == 16 and tags["version.torch"].startswith("2.")
+    assert int(tags["size.train"]) == sum(int(tags[f"size.train.{c}"]) for c in SimulatorConfig().classes)
+    if (Path(__file__).parents[1] / ".git").exists():
+        assert len(tags["git_commit"]) == 40
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"comparison.md", "comparison.csv", "split_report.json", "config.json"} <= artifacts
-    table = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="comparison.md", tracking_uri=f"sqlite:///{work / 'mlflow.db'}")).read_text()
-    assert "| scratch |" in table and "| finetune |" in table
+    assert {"report.md", "report.html", "comparison.csv", "split_report.json", "config.json", "examples.png", "accuracy_by_strategy.png", "learning_curves.png"} <= artifacts
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    report = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.md", tracking_uri=uri)).read_text()
+    assert "| scratch |" in report and "| finetune |" in report and "![examples.png](examples.png)" in report
+    for child in children:
+        assert {"confusion_matrix.png", "learning_curves.png", "confusion_matrix.json"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+        png = Path(mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path="confusion_matrix.png", tracking_uri=uri))
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.size[0] > 200
+    logged = {m.name for m in client.search_logged_models(experiment_ids=[exp.experiment_id]) if m.source_run_id == parent.info.run_id}
+    assert logged == {"model", "pytorch-model"}
 
 
 def test_onnx_matches_pytorch_on_real_inputs_and_alias_resolves(finished_job):
@@ -98,7 +112,7 @@ def test_onnx_matches_pytorch_on_real_inputs_and_alias_resolves(finished_job):
     client = _client(work)
     version = client.get_model_version_by_alias("tiny-fault", "champion")
     assert f"models:/tiny-fault/{version.version}" in out
-    assert version.tags["strategy"] == best and "data_hash" in version.tags
+    assert version.tags["strategy"] == best and "data_hash" in version.tags and float(version.tags["test_accuracy"]) >= 0
 
 
 def test_predict_classifies_signal_files(finished_job):
@@ -163,3 +177,36 @@ def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path, sto
     client = _client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
     assert runs and all(r.info.status == "KILLED" for r in runs)
+
+
+def test_rerun_on_the_same_data_does_not_take_champion_without_improvement(finished_job):
+    work, cfg_path, first = finished_job
+    client = _client(work)
+    champion = str(client.get_model_version_by_alias("tiny-fault", "champion").version)
+    proc = run_cli("run", str(cfg_path), cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    # Seeded data and training: the same test accuracy, so no improvement.
+    assert "alias 'challenger'" in proc.stdout and "does not beat" in proc.stdout
+    assert str(client.get_model_version_by_alias("tiny-fault", "champion").version) == champion
+    new = client.get_model_version_by_alias("tiny-fault", "challenger")
+    assert int(new.version) == int(champion) + 1
+    listing = run_cli("models", "list", cwd=work)
+    assert listing.returncode == 0 and "challenger" in listing.stdout and "champion" in listing.stdout
+    promoted = run_cli("models", "promote", "tiny-fault", str(new.version), cwd=work)
+    assert promoted.returncode == 0 and f"-> version {new.version}" in promoted.stdout
+    assert str(client.get_model_version_by_alias("tiny-fault", "champion").version) == str(new.version)
+    bad = run_cli("models", "promote", "tiny-fault", "99", cwd=work)
+    assert bad.returncode == 2 and "no version '99'" in bad.stderr
+
+
+def test_failed_export_marks_the_job_failed_and_keeps_checkpoints(tmp_path):
+    job = copy.deepcopy(TINY_JOB)
+    job["tracking"]["experiment"] = "strict"
+    job["export"] = {"tolerance": 1e-15}  # stricter than float32 arithmetic can be
+    proc = run_cli("run", str(write_config(tmp_path / "strict.yaml", job)), cwd=tmp_path)
+    assert proc.returncode == 1 and "export failed" in proc.stderr and "Traceback" not in proc.stderr
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("strict").experiment_id])
+    status = {r.data.tags.get("strategy", "parent"): r.info.status for r in runs}
+    assert status == {"parent": "FAILED", "scratch": "FINISHED", "finetune": "FINISHED"}
+    assert {p.name for p in tmp_path.rglob("*.pt")} >= {"scratch.pt", "finetune.pt", "scratch.best.pt", "finetune.best.pt"}

@@ -1,0 +1,140 @@
+"""The MLflow model registry: register a job's ONNX model, move `champion` only on a proven improvement,
+list versions and promote by hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+CHALLENGER = "challenger"
+COMPARE_METRIC = "test_accuracy"
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    alias: str
+    reason: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+
+def decide_alias(client: Any, name: str, version: str, score: float, data_hash: str, alias: str) -> tuple[str, str]:
+    """`alias` when `version` beats the version holding it on the same test data, else `challenger`.
+
+    Versions tested on other data (another data hash) are not comparable: the new one becomes the
+    challenger and a person decides (`pipeline models promote`).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return alias, f"no version held '{alias}' yet"
+    if str(current.version) == str(version):
+        return alias, f"version {version} already holds '{alias}'"
+    held = current.tags.get(COMPARE_METRIC)
+    if current.tags.get("data_hash") != data_hash or held is None:
+        return CHALLENGER, (
+            f"'{alias}' (version {current.version}) was tested on other data (data hash "
+            f"{current.tags.get('data_hash')} vs {data_hash}); promote by hand if it should replace it"
+        )
+    if score > float(held):
+        return alias, f"{COMPARE_METRIC} {score:.4f} beats version {current.version}'s {float(held):.4f} on the same test data"
+    return CHALLENGER, f"{COMPARE_METRIC} {score:.4f} does not beat version {current.version}'s {float(held):.4f}"
+
+
+def register_onnx(onnx_path: Path, example: Any, *, name: str, alias: str, tags: dict[str, str], score: float) -> Registration:
+    """Log the ONNX model to the active run, register a new version, tag it, and set its alias.
+
+    Args:
+        onnx_path: the exported, parity-checked file.
+        example: a real network input batch (numpy), stored as the model's input example.
+        name: registered model name.
+        alias: the alias to move on improvement (usually ``champion``).
+        tags: version tags (must include ``data_hash``).
+        score: the version's test accuracy, compared with the alias holder's.
+    """
+    import mlflow
+    import mlflow.onnx
+    import onnx
+    import onnxruntime
+    from mlflow.models import infer_signature
+
+    from deploy.inferencer import choose_providers, create_session
+
+    logits = create_session(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": example})[0]
+    info = mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)),
+        name="model",
+        registered_model_name=name,
+        signature=infer_signature(example, logits),
+        input_example=example,
+        save_as_external_data=False,
+        onnx_execution_providers=choose_providers(),
+        pip_requirements=[f"onnxruntime-gpu=={onnxruntime.__version__}", f"onnx=={onnx.__version__}", "numpy"],
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in {**tags, COMPARE_METRIC: f"{score:.6f}"}.items():
+        client.set_model_version_tag(name, version, key, value)
+    chosen, reason = decide_alias(client, name, version, score, tags["data_hash"], alias)
+    client.set_registered_model_alias(name, chosen, version)
+    return Registration(name, version, chosen, reason)
+
+
+def list_versions(client: Any) -> list[list[str]]:
+    """Rows (model, version, aliases, strategy, test accuracy, data hash, created) of every version."""
+    rows = []
+    for model in client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for mv in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
+            created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+            rows.append(
+                [
+                    model.name,
+                    str(mv.version),
+                    ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
+                    mv.tags.get("strategy", "-"),
+                    mv.tags.get(COMPARE_METRIC, "-")[:6],
+                    mv.tags.get("data_hash", "-"),
+                    created,
+                ]
+            )
+    return rows
+
+
+LIST_HEADERS = ["model", "version", "aliases", "strategy", "test acc", "data hash", "created (UTC)"]
+
+
+def promote(client: Any, name: str, version: str, alias: str) -> str:
+    """Point `alias` at `version` by hand. Raises UserError for an unknown model or version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models()]
+        raise UserError(f"no version {version!r} of model {name!r}; registered models: {known} (see `pipeline models list`)") from None
+    previous = None
+    try:
+        previous = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        pass
+    client.set_registered_model_alias(name, alias, version)
+    if alias != CHALLENGER:
+        try:
+            if str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(version):
+                client.delete_registered_model_alias(name, CHALLENGER)  # promoted: no longer a challenger
+        except MlflowException:
+            pass
+    return f"models:/{name}@{alias} -> version {version}" + (f" (was version {previous})" if previous else "")
