@@ -76,8 +76,9 @@ class OnnxInferencer:
             self.metadata: dict[str, Any] = {k: json.loads(v) for k, v in raw.items()}
             self.classes: list[str] = list(self.metadata["classes"])
             self.transform = signal2image.from_dict(self.metadata["transform"])
-            self.window_length = int(self.metadata["window"]["length"])
-            self.window_hop = int(self.metadata["window"]["hop"])
+            if not self.is_image:
+                self.window_length = int(self.metadata["window"]["length"])
+                self.window_hop = int(self.metadata["window"]["hop"])
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise UserError(
                 f"{self.path} lacks this project's metadata ({exc}); export it with `pipeline run` or `pipeline export`"
@@ -94,6 +95,11 @@ class OnnxInferencer:
         return cls(uri, **kwargs)
 
     @property
+    def is_image(self) -> bool:
+        """True for a defect-image model, False for a signal model."""
+        return self.metadata["transform"]["kind"] == "image"
+
+    @property
     def fs(self) -> float:
         return self.transform.fs
 
@@ -106,8 +112,16 @@ class OnnxInferencer:
         logits = self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
         return _softmax(logits)
 
+    def predict_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """Decoded images (float [0, 1], (H, W) or (H, W, 3), any size) -> probabilities (N, n_classes)."""
+        if not self.is_image:
+            raise UserError("this model classifies signal windows, not images")
+        return self.predict_inputs(self.transform(images).numpy())
+
     def predict_windows(self, windows: np.ndarray) -> np.ndarray:
         """Raw windows (N, L) or (N, C, L) of the model's length -> probabilities (N, n_classes)."""
+        if self.is_image:
+            raise UserError("this model classifies images, not signal windows")
         windows = np.asarray(windows, dtype=np.float32)
         if windows.shape[-1] != self.window_length:
             raise UserError(f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}")

@@ -46,14 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser(
         "predict",
-        help="classify signal files (NPY, NPZ or CSV) with an exported model",
+        help="classify signal files (NPY, NPZ, CSV) or images with an exported model",
         description=(
-            "Cut each signal file into the model's windows, apply the transform rebuilt from the model's "
-            "metadata, and print the class of the mean probability."
+            "Signal models: cut each file into the model's windows, apply the transform rebuilt from the "
+            "model's metadata, and print the class of the mean probability. Image models: classify each image."
         ),
     )
     predict.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
-    predict.add_argument("files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv)")
+    predict.add_argument("files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv) or images (.png, .jpg, ...)")
     predict.add_argument("--fs", type=float, default=None, help="sample rate of the files in Hz (checked against the model's)")
     predict.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
@@ -108,9 +108,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from deploy.inferencer import OnnxInferencer
     from pipeline.ingest.files import read_signal_file
+    from pipeline.ingest.images import decode_image
 
     inferencer = OnnxInferencer.from_uri(args.model, tracking_uri=args.tracking_uri)
     for file in args.files:
+        if inferencer.is_image:
+            try:
+                image = decode_image(file)
+            except (ValueError, FileNotFoundError) as exc:
+                raise UserError(f"{file}: not a readable image ({exc})") from None
+            probs = inferencer.predict_images([image])[0]
+            label = inferencer.classes[int(probs.argmax())]
+            result = {"file": file, "label": label, "probabilities": dict(zip(inferencer.classes, map(float, probs)))}
+            print(json.dumps(result) if args.json else f"{file}: {label} (p={probs.max():.3f})")
+            continue
         prediction = inferencer.predict_signal(read_signal_file(file), fs=args.fs)
         if args.json:
             print(json.dumps({"file": file, "label": prediction.label, "probabilities": prediction.probabilities, "windows": len(prediction.window_labels)}))

@@ -77,6 +77,25 @@ class FolderConfig(Section):
     channel: int = Field(0, ge=0, description="column (CSV) or row/column (NPY) used as the signal")
 
 
+class ImagesConfig(Section):
+    """Defect images: a folder per class (`path`) or a manifest CSV (`manifest`: path,label[,group][,split])."""
+
+    path: Path | None = None
+    manifest: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImagesConfig:
+        if (self.path is None) == (self.manifest is None):
+            raise ValueError("give exactly one of data.images.path (a folder per class) or data.images.manifest (a CSV)")
+        return self
+
+
+class ElpvConfig(Section):
+    """The ELPV solar-cell set: `defective` when the defect probability is at least `threshold`."""
+
+    threshold: float = Field(0.5, gt=0, le=1)
+
+
 class SplitConfig(Section):
     """Fractions of the recordings of each class; the split is made before windowing."""
 
@@ -98,10 +117,15 @@ class WindowConfig(Section):
     hop: int = Field(1024, ge=1, description="samples between window starts (hop < length overlaps)")
 
 
+IMAGE_SOURCES = ("images", "elpv")
+
+
 class DataConfig(Section):
-    source: Literal["simulator", "folder"] = "simulator"
+    source: Literal["simulator", "folder", "images", "elpv"] = "simulator"
     simulator: SimulatorConfig = SimulatorConfig()
     folder: FolderConfig | None = None
+    images: ImagesConfig | None = None
+    elpv: ElpvConfig = ElpvConfig()
     split: SplitConfig = SplitConfig()
     window: WindowConfig = WindowConfig()
 
@@ -109,7 +133,13 @@ class DataConfig(Section):
     def _folder_given(self) -> DataConfig:
         if self.source == "folder" and self.folder is None:
             raise ValueError("source is 'folder' but the section data.folder (path, fs) is missing")
+        if self.source == "images" and self.images is None:
+            raise ValueError("source is 'images' but the section data.images (path or manifest) is missing")
         return self
+
+    @property
+    def is_image(self) -> bool:
+        return self.source in IMAGE_SOURCES
 
     @property
     def fs(self) -> float:
@@ -150,7 +180,8 @@ class StftConfig(Section):
 
 
 class TransformConfig(Section):
-    kind: Literal["cwt", "stft"] = "cwt"
+    kind: Literal["cwt", "stft", "image"] = "cwt"
+    policy: Literal["resize", "center_crop", "pad"] = Field("resize", description="how images reach the square size")
     image_size: int = Field(64, ge=16, le=1024, description="side of the square image fed to the network")
     floor_db: float = Field(-40.0, lt=0, description="dynamic range kept below each image's peak, in dB")
     cwt: CwtConfig = CwtConfig()
@@ -193,6 +224,20 @@ class StrategyConfig(Section):
         return self.kind != "scratch"
 
 
+class AugmentConfig(Section):
+    """Training-time augmentations for inspection images (never applied to validation or test)."""
+
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = False
+    brightness: float = Field(0.0, ge=0, le=0.5, description="max shift, in units of the [0, 1] image range")
+    contrast: float = Field(0.0, ge=0, le=0.5, description="max relative change of contrast")
+
+    @property
+    def active(self) -> bool:
+        return self.hflip or self.vflip or self.rot90 or self.brightness > 0 or self.contrast > 0
+
+
 class TrainConfig(Section):
     epochs: int = Field(6, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=4096)
@@ -206,6 +251,10 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     select_metric: Literal["val_accuracy", "val_macro_f1"] = "val_accuracy"
+    class_weighting: Literal["none", "loss", "sampler"] = Field(
+        "none", description="imbalance: class-weighted loss, or a sampler drawing classes equally often"
+    )
+    augment: AugmentConfig = AugmentConfig()
     strategies: tuple[StrategyConfig, ...] = Field(
         (StrategyConfig(name="scratch", lr=3e-3), StrategyConfig(name="finetune", lr=1e-3)), min_length=1
     )
@@ -256,6 +305,14 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def _frequencies_below_nyquist(self) -> JobConfig:
+        if self.data.is_image != (self.transform.kind == "image"):
+            raise ValueError(
+                f"data.source {self.data.source!r} needs transform.kind "
+                + ("'image'" if self.data.is_image else "'cwt' or 'stft'")
+                + f", got {self.transform.kind!r}"
+            )
+        if self.data.is_image:
+            return self
         nyquist = self.data.fs / 2
         if self.transform.kind == "cwt" and self.transform.cwt.f_max > nyquist:
             raise ValueError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import subprocess
 import time
@@ -12,54 +11,19 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-
-import signal2image
-from models import build_model, get_preprocessing
-from pipeline.config import JobConfig, StrategyConfig
-from pipeline.errors import UserError
-from pipeline.ingest import load_recordings
-from pipeline.ingest.split import SPLIT_NAMES, RecordingSplit, split_by_recording
-from pipeline.ingest.windows import WindowSet, make_windows
 from deploy.onnx_export import ParityReport, export_onnx
-from pipeline.metrics import classification_metrics, confusion_matrix
-from pipeline.plots import bar_figure, confusion_figure, examples_figure, learning_curves_figure, sweep_figure, to_png
+from models import build_model
+from pipeline.augment import make_augment
+from pipeline.config import JobConfig, StrategyConfig
+from pipeline.data import PreparedData, examples, prepare_data, train_subset
+from pipeline.ingest.split import SPLIT_NAMES
+from pipeline.ingest.windows import WindowSet
+from pipeline.metrics import classification_metrics, confusion_matrix, per_class_metrics
+from pipeline.plots import bar_figure, confusion_figure, learning_curves_figure, sweep_figure, to_png
 from pipeline.registry import Registration, register_onnx
 from pipeline.report import HEADERS, Aggregate, TrialResult, aggregate, html_report, markdown_report, text_table, trials_csv
 from pipeline.tracking import ensure_experiment, is_local_store, log_png, resolve_tracking_uri, tracked_run, use_store
 from pipeline.train import fit, predict_logits, seed_everything, select_device
-
-
-@dataclass
-class PreparedData:
-    """Everything the strategies share: the split, windows and network inputs of each split."""
-
-    classes: list[str]
-    split: RecordingSplit
-    windows: dict[str, WindowSet]
-    images: dict[str, torch.Tensor]
-    transform: signal2image.SignalToImage
-    seconds: float
-
-    def report(self) -> dict[str, Any]:
-        """Recordings and windows per class and split, and skipped recordings."""
-        rec = self.split.report()
-        out: dict[str, Any] = {"classes": self.classes, "recordings": rec, "windows": {}, "skipped_short_recordings": {}}
-        for name, ws in self.windows.items():
-            counts = np.bincount(ws.y, minlength=len(self.classes))
-            out["windows"][name] = {c: int(n) for c, n in zip(self.classes, counts)}
-            out["skipped_short_recordings"][name] = list(ws.skipped)
-        return out
-
-    def fingerprint(self) -> str:
-        """Hash of the split (which recording went where) and the window contents."""
-        digest = hashlib.sha256()
-        for name in SPLIT_NAMES:
-            ws = self.windows[name]
-            digest.update(name.encode())
-            digest.update("\n".join(ws.recording_ids).encode())
-            digest.update(np.ascontiguousarray(ws.x[:: max(1, len(ws) // 64)]).tobytes())
-        return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -71,42 +35,11 @@ class JobResult:
     parity: ParityReport
     registration: Registration
     tracking_uri: str
+    is_image: bool = False
 
     @property
     def aggregates(self) -> list[Aggregate]:
         return aggregate(self.trials)
-
-
-def prepare_data(cfg: JobConfig, echo: Callable[[str], None] = print) -> PreparedData:
-    """Ingest, split by recording, cut windows and turn them into network inputs."""
-    start = time.perf_counter()
-    recordings = load_recordings(cfg.data)
-    classes = list(dict.fromkeys(r.label for r in recordings))
-    split = split_by_recording(recordings, cfg.data.split)
-    win = cfg.data.window
-    windows = {name: make_windows(recs, classes, win.length, win.hop) for name, recs in split.parts().items()}
-    for name, ws in windows.items():
-        missing = [c for i, c in enumerate(classes) if not np.any(ws.y == i)]
-        if missing:
-            raise UserError(
-                f"the {name} split has no window of class(es) {missing}: their recordings are shorter than "
-                f"data.window.length = {win.length}; lower the window length or add longer recordings"
-            )
-    transform = build_transform(cfg)
-    images = {}
-    for name, ws in windows.items():
-        t0 = time.perf_counter()
-        images[name] = transform(ws.x)
-        echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)")
-    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start)
-
-
-def build_transform(cfg: JobConfig) -> signal2image.SignalToImage:
-    pre = get_preprocessing(cfg.model.backbone)
-    t = cfg.transform
-    common = dict(fs=cfg.data.fs, image_size=t.image_size, floor_db=t.floor_db, mean=pre.mean, std=pre.std)
-    settings = t.cwt.model_dump() if t.kind == "cwt" else t.stft.model_dump()
-    return signal2image.from_dict({"kind": t.kind, **common, **settings})
 
 
 def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[str], None] = print) -> JobResult:
@@ -123,7 +56,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = select_device(cfg.train.device)
-    echo(f"[1/4] data: {cfg.data.source}, {cfg.transform.kind} images of {cfg.transform.image_size} px")
+    echo(f"[1/4] data: {cfg.data.source}, {cfg.transform.kind} inputs of {cfg.transform.image_size} px")
     data = prepare_data(cfg, echo)
     experiment_id = ensure_experiment(cfg.tracking.experiment, tracking_uri=tracking_uri, artifact_dir=cfg.tracking.artifact_dir)
     data_hash = data.fingerprint()
@@ -135,7 +68,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         mlflow.log_dict(data.report(), "split_report.json")
         example_png = to_png(examples(data))
         log_png(example_png, "examples.png")
-        mlflow.log_metric("data_seconds", data.seconds)
+        mlflow.log_metrics({"data_seconds": data.seconds, "skipped_files": len(data.skipped_files)})
         for name in SPLIT_NAMES:
             mlflow.log_metric(f"{name}_windows", len(data.windows[name]))
             mlflow.log_metric(f"{name}_recordings", len(data.split.parts()[name]))
@@ -160,8 +93,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         metadata = {
             "classes": data.classes,
             "transform": data.transform.to_dict(),
-            "window": {"length": cfg.data.window.length, "hop": cfg.data.window.hop},
-            "fs": cfg.data.fs,
+            **({} if data.is_image else {"window": {"length": cfg.data.window.length, "hop": cfg.data.window.hop}, "fs": cfg.data.fs}),
             "input_shape": ["batch", 3, cfg.transform.image_size, cfg.transform.image_size],
             "normalisation": {"mean": list(data.transform.mean), "std": list(data.transform.std)},
             "model": {
@@ -199,7 +131,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
             },
         )
         mlflow.set_tags({"registered_version": registration.version, "registered_alias": registration.alias})
-    return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri)
+    return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri, data.is_image)
 
 
 def trial_name(cfg: JobConfig, strategy: str, fraction: float, seed: int) -> str:
@@ -210,21 +142,6 @@ def trial_name(cfg: JobConfig, strategy: str, fraction: float, seed: int) -> str
     if len(cfg.train.seeds) > 1:
         name += f"-seed{seed}"
     return name
-
-
-def train_subset(windows: WindowSet, fraction: float, seed: int) -> np.ndarray:
-    """Indices of the windows of a per-class fraction of the training recordings (at least one each).
-
-    Nested: for one seed, the recordings of a smaller fraction are a subset of a larger one's.
-    """
-    if fraction >= 1.0:
-        return np.arange(len(windows))
-    rng = np.random.default_rng(seed)
-    keep: list[int] = []
-    for c in np.unique(windows.y):
-        recs = np.unique(windows.recording[windows.y == c])
-        keep += rng.permutation(recs)[: max(1, int(round(fraction * len(recs))))].tolist()
-    return np.flatnonzero(np.isin(windows.recording, keep))
 
 
 def run_trial(
@@ -272,6 +189,7 @@ def run_trial(
             device=device,
             checkpoint=checkpoint_dir / f"{name}.pt",
             on_epoch=on_epoch,
+            augment=make_augment(cfg.train.augment, data.transform.std[0]),
         )
         test = data.windows["test"]
         probs = torch.softmax(predict_logits(model, data.images["test"], device=device), dim=1).numpy()
@@ -286,6 +204,7 @@ def run_trial(
                 "test_macro_f1": metrics["macro_f1"],
                 "test_balanced_accuracy": metrics["balanced_accuracy"],
                 "test_recording_accuracy": rec_acc,
+                **{f"test_{k}": v for k, v in per_class_metrics(test.y, pred, data.classes).items()},
                 "best_val_accuracy": best_row["val_accuracy"],
                 "best_epoch": result.best_epoch,
                 "train_seconds": result.train_seconds,
@@ -339,7 +258,7 @@ def run_tags(cfg: JobConfig, config_path: str | None, data: PreparedData, device
             tags[f"version.{package}"] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
-    for split, counts in data.report()["windows"].items():
+    for split, counts in data.report()["samples"].items():
         tags[f"size.{split}"] = str(sum(counts.values()))
         for label, n in counts.items():
             tags[f"size.{split}.{label}"] = str(n)
@@ -353,18 +272,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def examples(data: PreparedData) -> Figure:
-    """The first training window of each class as the network sees it, with Hz and seconds axes."""
-    ws, images, transform = data.windows["train"], data.images["train"], data.transform
-    pictures = []
-    for c in range(len(data.classes)):
-        i = int(np.flatnonzero(ws.y == c)[0])
-        pictures.append(images[i, 0].numpy() * transform.std[0] + transform.mean[0])
-    freqs = transform.frequencies(ws.x.shape[-1])
-    rows = np.interp(np.linspace(0, len(freqs) - 1, transform.image_size), np.arange(len(freqs)), freqs)
-    return examples_figure(pictures, data.classes, duration_s=ws.x.shape[-1] / transform.fs, row_frequencies=rows, kind=transform.kind)
 
 
 def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, bytes]) -> None:
@@ -440,5 +347,5 @@ def summary(result: JobResult) -> str:
         lines.append(f"MLflow UI:     pipeline ui    (= mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000)")
     else:
         lines.append(f"MLflow UI:     {result.tracking_uri}")
-    lines.append(f"predict:       pipeline predict --model {reg.uri} FILE.npy")
+    lines.append(f"predict:       pipeline predict --model {reg.uri} {'IMAGE.png' if result.is_image else 'FILE.npy'}")
     return "\n".join(lines)

@@ -66,30 +66,35 @@ def examples_figure(
     images: Sequence[np.ndarray],
     labels: Sequence[str],
     *,
-    duration_s: float,
-    row_frequencies: np.ndarray,
+    duration_s: float | None,
+    row_frequencies: np.ndarray | None,
     kind: str,
 ) -> Figure:
-    """One network input per class, drawn with time (s) and frequency (Hz) axes.
+    """One network input per class; signal images get time (s) and frequency (Hz) axes.
 
     Args:
-        images: 2-D arrays (rows = frequency, increasing), one per class.
+        images: 2-D time-frequency maps (rows = increasing frequency) or (H, W, 3) pictures in [0, 1].
         labels: class names.
-        duration_s: window length in seconds (x axis).
-        row_frequencies: centre frequency in Hz of each image row.
+        duration_s: window length in seconds (x axis), None for pictures.
+        row_frequencies: centre frequency in Hz of each row, None for pictures.
         kind: transform name for the title.
     """
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 3.0), squeeze=False)
-    rows = len(row_frequencies)
-    ticks = np.linspace(0, rows - 1, 5).round().astype(int)
     for ax, image, label in zip(axes[0], images, labels):
+        ax.set_title(label, fontsize=10)
+        if row_frequencies is None or duration_s is None:
+            ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
+            ax.axis("off")
+            continue
+        rows = len(row_frequencies)
+        ticks = np.linspace(0, rows - 1, 5).round().astype(int)
         ax.imshow(image, origin="lower", aspect="auto", cmap="magma", extent=(0, duration_s, -0.5, rows - 0.5))
         ax.set_yticks(ticks, [f"{row_frequencies[t]:.0f}" for t in ticks])
         ax.set_xlabel("time (s)")
-        ax.set_title(label, fontsize=10)
-    axes[0][0].set_ylabel("frequency (Hz)")
-    fig.suptitle(f"example {kind.upper()} inputs, one window per class")
+    if row_frequencies is not None:
+        axes[0][0].set_ylabel("frequency (Hz)")
+    fig.suptitle(f"example {kind} inputs, one per class")
     fig.tight_layout()
     return fig
 
@@ -111,7 +116,10 @@ def sweep_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Se
     for i, (label, (fractions, means, stds)) in enumerate(curves.items()):
         ax.errorbar(fractions, means, yerr=stds, marker="o", capsize=4, color=f"C{i}", label=label)
     ax.set_xscale("log")
-    ax.set(xlabel="fraction of training recordings", ylabel="test accuracy", title=title, ylim=(0, 1.02))
+    fractions = sorted({f for fs, _, _ in curves.values() for f in fs})
+    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+    ax.minorticks_off()
+    ax.set(xlabel="fraction of training units (recordings or parts)", ylabel="test accuracy", title=title, ylim=(0, 1.02))
     ax.legend()
     fig.tight_layout()
     return fig

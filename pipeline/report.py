@@ -66,7 +66,7 @@ class Aggregate:
         ]
 
 
-HEADERS = ["strategy", "weights", "train frac", "seeds", "val acc", "test acc", "test macro-F1", "test acc (recordings)", "train time"]
+HEADERS = ["strategy", "weights", "train frac", "seeds", "val acc", "test acc", "test macro-F1", "test acc per recording/part", "train time"]
 
 
 def aggregate(trials: Sequence[TrialResult]) -> list[Aggregate]:

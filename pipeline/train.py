@@ -37,9 +37,15 @@ def select_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-    """Index batches over n samples; shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over n samples: in order, shuffled (a generator), or drawn with replacement in
+    proportion to `weights` (a weighted sampler: n draws per epoch)."""
+    if weights is not None:
+        order = torch.multinomial(weights, n, replacement=True, generator=generator)
+    elif generator is not None:
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
 
@@ -82,6 +88,7 @@ def fit(
     device: torch.device,
     checkpoint: Path,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the weights of the best validation epoch.
 
@@ -101,7 +108,12 @@ def fit(
         if cfg.schedule == "cosine"
         else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     )
-    loss_fn = nn.CrossEntropyLoss()
+    counts = torch.bincount(y_train, minlength=n_classes).float()
+    # Balanced weights n / (K * count): a class seen half as often weighs twice as much.
+    class_weight = torch.where(counts > 0, len(y_train) / (n_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device) if cfg.class_weighting == "loss" else None)
+    eval_loss = nn.CrossEntropyLoss()
+    sample_weight = class_weight[y_train] if cfg.class_weighting == "sampler" else None
     generator = torch.Generator().manual_seed(seed)
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     result = TrainResult()
@@ -112,13 +124,14 @@ def fit(
         epoch_start = time.perf_counter()
         seen, loss_sum, correct = 0, 0.0, 0
         bar = tqdm(
-            list(batches(len(x_train), cfg.batch_size, generator)),
+            list(batches(len(x_train), cfg.batch_size, generator, sample_weight)),
             desc=f"{strategy.name} epoch {epoch + 1}/{cfg.epochs}",
             leave=False,
             disable=None,
         )
         for idx in bar:
-            xb = x_train[idx].to(device, non_blocking=True)
+            xb = x_train[idx] if augment is None else augment(x_train[idx], generator)
+            xb = xb.to(device, non_blocking=True)
             yb = y_train[idx].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
                 logits = model(xb)
@@ -132,7 +145,7 @@ def fit(
             correct += int((logits.argmax(1) == yb).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         val_logits = predict_logits(model, x_val, batch_size=max(cfg.batch_size, 64), device=device)
-        val_loss = float(loss_fn(val_logits, y_val)) if len(y_val) else float("nan")
+        val_loss = float(eval_loss(val_logits, y_val)) if len(y_val) else float("nan")
         val_metrics = classification_metrics(y_val.numpy(), val_logits.argmax(1).numpy(), n_classes)
         row = {
             "train_loss": loss_sum / max(seen, 1),

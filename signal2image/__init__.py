@@ -6,16 +6,17 @@ from typing import Any
 
 from signal2image.base import SignalToImage
 from signal2image.cwt import CwtTransform
+from signal2image.image import ImageTransform
 from signal2image.stft import StftTransform
 
-_TRANSFORMS: dict[str, type[SignalToImage]] = {cls.kind: cls for cls in (CwtTransform, StftTransform)}
+_TRANSFORMS: dict[str, type[Any]] = {cls.kind: cls for cls in (CwtTransform, StftTransform, ImageTransform)}
 
 
 def list_transforms() -> list[str]:
     return sorted(_TRANSFORMS)
 
 
-def from_dict(spec: dict[str, Any]) -> SignalToImage:
+def from_dict(spec: dict[str, Any]) -> SignalToImage | ImageTransform:
     """Rebuild a transform from its `to_dict()` description.
 
     Raises:
@@ -28,4 +29,4 @@ def from_dict(spec: dict[str, Any]) -> SignalToImage:
     return _TRANSFORMS[kind](**settings)
 
 
-__all__ = ["SignalToImage", "CwtTransform", "StftTransform", "from_dict", "list_transforms"]
+__all__ = ["SignalToImage", "CwtTransform", "StftTransform", "ImageTransform", "from_dict", "list_transforms"]

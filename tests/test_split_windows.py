@@ -7,7 +7,7 @@ from pipeline.config import SimulatorConfig, SplitConfig
 from pipeline.errors import UserError
 from pipeline.ingest.recording import Recording
 from pipeline.ingest.simulator import GearboxSimulator
-from pipeline.ingest.split import LeakageError, RecordingSplit, assert_disjoint, split_by_recording
+from pipeline.ingest.split import LeakageError, Split, assert_disjoint, split_by_recording
 from pipeline.ingest.windows import cut_windows, make_windows, window_starts
 
 
@@ -40,9 +40,9 @@ def test_guard_refuses_overlap():
     a = Recording("a", "x", sig, 1000.0, {"file": "/data/x/1.npy"})
     b = Recording("b", "x", sig, 1000.0, {"file": "/data/x/1.npy"})  # same file under another id
     with pytest.raises(LeakageError, match="file:/data/x/1.npy"):
-        assert_disjoint(RecordingSplit(train=(a,), val=(), test=(b,)))
-    with pytest.raises(LeakageError, match="id:a"):
-        assert_disjoint(RecordingSplit(train=(a,), val=(a,), test=()))
+        assert_disjoint(Split(train=(a,), val=(), test=(b,)))
+    with pytest.raises(LeakageError, match="unit:a"):
+        assert_disjoint(Split(train=(a,), val=(a,), test=()))
     with pytest.raises(LeakageError, match="unique"):
         split_by_recording([a, a], SplitConfig())
 

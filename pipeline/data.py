@@ -1,0 +1,182 @@
+"""Data preparation shared by every trial of a job: ingest, leakage-safe split, network inputs.
+
+Signals: recordings -> split by recording -> windows -> CWT/STFT images.
+Images: samples -> decoded and sized (unreadable files skipped and reported) -> split by part.
+Both end as a `PreparedData`: a `WindowSet` (labels and the unit each sample came from) and the
+normalised network inputs of each split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+import signal2image
+from models import get_preprocessing
+from pipeline.config import JobConfig
+from pipeline.errors import UserError
+from pipeline.ingest import load_recordings
+from pipeline.ingest.images import ImageIngest, decode_all, load_elpv, read_image_folder, read_image_manifest
+from pipeline.ingest.split import SPLIT_NAMES, Split, split_by_recording, split_given, split_units
+from pipeline.ingest.windows import WindowSet, make_windows
+from pipeline.plots import examples_figure
+
+
+@dataclass
+class PreparedData:
+    """Everything the trials share: the split, the samples and the network inputs of each split.
+
+    For signals a sample is a window and its unit the recording; for images a sample is an image
+    and its unit the part (group) it shows.
+    """
+
+    classes: list[str]
+    split: Split
+    windows: dict[str, WindowSet]
+    images: dict[str, torch.Tensor]
+    transform: Any
+    seconds: float
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def is_image(self) -> bool:
+        return self.transform.kind == "image"
+
+    def report(self) -> dict[str, Any]:
+        """Units and samples per class and split, and what was skipped."""
+        unit = "images" if self.is_image else "recordings"
+        out: dict[str, Any] = {"classes": self.classes, unit: self.split.report(), "samples": {}, "skipped_short_recordings": {}}
+        for name, ws in self.windows.items():
+            counts = np.bincount(ws.y, minlength=len(self.classes))
+            out["samples"][name] = {c: int(n) for c, n in zip(self.classes, counts)}
+            out["skipped_short_recordings"][name] = list(ws.skipped)
+        out["skipped_files"] = {"count": len(self.skipped_files), "files": [{"path": p, "reason": r} for p, r in self.skipped_files]}
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of the split (which unit went where) and of the sample contents."""
+        digest = hashlib.sha256()
+        for name in SPLIT_NAMES:
+            ws = self.windows[name]
+            digest.update(name.encode())
+            digest.update("\n".join(ws.recording_ids).encode())
+            digest.update(np.ascontiguousarray(ws.x[:: max(1, len(ws) // 64)]).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def prepare_data(cfg: JobConfig, echo: Callable[[str], None] = print) -> PreparedData:
+    """The data of the job, split before any window is cut or any image is shared."""
+    return _prepare_images(cfg, echo) if cfg.data.is_image else _prepare_signals(cfg, echo)
+
+
+def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData:
+    start = time.perf_counter()
+    recordings = load_recordings(cfg.data)
+    classes = list(dict.fromkeys(r.label for r in recordings))
+    split = split_by_recording(recordings, cfg.data.split)
+    win = cfg.data.window
+    windows = {name: make_windows(recs, classes, win.length, win.hop) for name, recs in split.parts().items()}
+    for name, ws in windows.items():
+        missing = [c for i, c in enumerate(classes) if not np.any(ws.y == i)]
+        if missing:
+            raise UserError(
+                f"the {name} split has no window of class(es) {missing}: their recordings are shorter than "
+                f"data.window.length = {win.length}; lower the window length or add longer recordings"
+            )
+    transform = build_transform(cfg)
+    images = {}
+    for name, ws in windows.items():
+        t0 = time.perf_counter()
+        images[name] = transform(ws.x)
+        echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)")
+    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start)
+
+
+def _load_image_samples(cfg: JobConfig) -> ImageIngest:
+    if cfg.data.source == "elpv":
+        return load_elpv(cfg.data.elpv.threshold)
+    images = cfg.data.images
+    assert images is not None  # checked by the schema
+    return read_image_folder(images.path) if images.path is not None else read_image_manifest(images.manifest)  # type: ignore[arg-type]
+
+
+def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData:
+    start = time.perf_counter()
+    ingest = _load_image_samples(cfg)
+    transform = build_transform(cfg)
+    kept, sized, skipped = decode_all(ingest.samples, transform.fit_size)
+    skipped = ingest.skipped + skipped
+    if skipped:
+        shown = "; ".join(f"{p} ({why})" for p, why in skipped[:5])
+        echo(f"  warning: {len(skipped)} unreadable image(s) skipped: {shown}{' ...' if len(skipped) > 5 else ''}")
+    classes = sorted({s.label for s in ingest.samples})
+    empty = [c for c in classes if not any(s.label == c for s in kept)]
+    if empty:
+        raise UserError(f"class(es) {empty} have no readable image; fix or remove them")
+    index = {id(s): i for i, s in enumerate(kept)}
+    pixels = torch.stack(sized)  # (N, 3, S, S) in [0, 1]
+    if any(s.split for s in kept):
+        split = split_given(kept, unit=lambda s: s.group)
+    else:
+        split = split_units(kept, cfg.data.split, unit=lambda s: s.group, noun="part")
+    windows, images = {}, {}
+    for name, items in split.parts().items():
+        rows = torch.tensor([index[id(s)] for s in items], dtype=torch.long)
+        groups = list(dict.fromkeys(s.group for s in items))
+        where = {g: i for i, g in enumerate(groups)}
+        windows[name] = WindowSet(
+            x=pixels[rows].numpy(),
+            y=np.array([classes.index(s.label) for s in items], dtype=np.int64),
+            recording=np.array([where[s.group] for s in items], dtype=np.int64),
+            recording_ids=tuple(groups),
+        )
+        images[name] = transform.normalise(pixels[rows])
+        echo(f"  {name:5s}: {len(groups):5d} parts -> {len(items):6d} images -> {tuple(images[name].shape[1:])}")
+    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped)
+
+
+def build_transform(cfg: JobConfig) -> Any:
+    """The transform of the config with the backbone's normalisation."""
+    pre = get_preprocessing(cfg.model.backbone)
+    t = cfg.transform
+    if t.kind == "image":
+        return signal2image.from_dict({"kind": "image", "image_size": t.image_size, "policy": t.policy, "mean": pre.mean, "std": pre.std})
+    common = dict(fs=cfg.data.fs, image_size=t.image_size, floor_db=t.floor_db, mean=pre.mean, std=pre.std)
+    settings = t.cwt.model_dump() if t.kind == "cwt" else t.stft.model_dump()
+    return signal2image.from_dict({"kind": t.kind, **common, **settings})
+
+
+def train_subset(windows: WindowSet, fraction: float, seed: int) -> np.ndarray:
+    """Indices of the samples of a per-class fraction of the training units (at least one each).
+
+    Nested: for one seed, the units of a smaller fraction are a subset of a larger one's.
+    """
+    if fraction >= 1.0:
+        return np.arange(len(windows))
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for c in np.unique(windows.y):
+        units = np.unique(windows.recording[windows.y == c])
+        keep += rng.permutation(units)[: max(1, int(round(fraction * len(units))))].tolist()
+    return np.flatnonzero(np.isin(windows.recording, keep))
+
+
+def examples(data: PreparedData) -> Figure:
+    """The first training sample of each class as the network sees it (Hz and seconds axes for signals)."""
+    ws, images, transform = data.windows["train"], data.images["train"], data.transform
+    pictures = []
+    for c in range(len(data.classes)):
+        i = int(np.flatnonzero(ws.y == c)[0])
+        pictures.append((images[i].numpy() * np.array(transform.std)[:, None, None] + np.array(transform.mean)[:, None, None]).transpose(1, 2, 0))
+    if data.is_image:
+        return examples_figure(pictures, data.classes, duration_s=None, row_frequencies=None, kind="image")
+    freqs = transform.frequencies(ws.x.shape[-1])
+    rows = np.interp(np.linspace(0, len(freqs) - 1, transform.image_size), np.arange(len(freqs)), freqs)
+    return examples_figure([p[..., 0] for p in pictures], data.classes, duration_s=ws.x.shape[-1] / transform.fs, row_frequencies=rows, kind=transform.kind)

@@ -1,0 +1,171 @@
+"""Defect images in: a folder per class, a manifest CSV, or the ELPV solar-cell set.
+
+Images are decoded with EXIF orientation applied and scaled to float [0, 1] by their bit depth
+(8-bit, 16-bit and 32-bit integer, float); grayscale stays one channel, colour becomes RGB.
+Unreadable files are skipped and reported, never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageSample:
+    """One labelled image. `group` is the physical part it shows: the split keeps a group together."""
+
+    id: str
+    label: str
+    path: Path
+    group: str
+    split: str | None = None
+    condition: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageIngest:
+    samples: list[ImageSample]
+    skipped: list[tuple[str, str]]  # (path, reason) of unreadable files
+
+    def skipped_summary(self, first: int = 5) -> str:
+        shown = "; ".join(f"{p} ({why})" for p, why in self.skipped[:first])
+        more = f" and {len(self.skipped) - first} more" if len(self.skipped) > first else ""
+        return f"{len(self.skipped)} unreadable image(s) skipped: {shown}{more}"
+
+
+def decode_image(source: str | Path | bytes) -> np.ndarray:
+    """Decode a file or bytes to float32 in [0, 1]: (H, W) for grayscale, (H, W, 3) for colour.
+
+    Raises:
+        ValueError: not an image, or truncated/corrupt.
+    """
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_float(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+
+
+def _to_float(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img, dtype=np.float32) / 65535.0
+    if mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() <= 65535 else float(2**31 - 1)
+        return (np.clip(arr, 0, None) / top).astype(np.float32)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if mode in ("1", "L", "LA"):
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if mode in ("RGBA", "PA", "P") and ("transparency" in img.info or mode != "P"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        return rgb[..., 0]  # colour container holding a grey image
+    return rgb
+
+
+def decode_all(samples: list[ImageSample], convert) -> tuple[list[ImageSample], list, list[tuple[str, str]]]:
+    """Decode every sample and pass it through `convert` (e.g. resize); unreadable files are skipped.
+
+    Returns:
+        The samples kept, their converted images, and (path, reason) of each skipped file.
+    """
+    kept, images, skipped = [], [], []
+    for sample in samples:
+        try:
+            images.append(convert(decode_image(sample.path)))
+        except ValueError as exc:
+            skipped.append((str(sample.path), str(exc)))
+            continue
+        kept.append(sample)
+    return kept, images, skipped
+
+
+def read_image_folder(root: Path) -> ImageIngest:
+    """`root/<label>/**/<image>`: one sub-folder per class; every image is its own group."""
+    if not root.is_dir():
+        raise UserError(f"data.images.path: {str(root)!r} is not a folder; it must hold one sub-folder per class")
+    samples: list[ImageSample] = []
+    skipped: list[tuple[str, str]] = []
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    for class_dir in classes:
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"class {class_dir.name!r} ({class_dir}) holds no image ({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder")
+        for file in files:
+            rel = str(file.relative_to(root))
+            samples.append(ImageSample(id=rel, label=class_dir.name, path=file, group=rel))
+    if len(classes) < 2:
+        raise UserError(f"data.images.path: {str(root)!r} has {len(classes)} class folder(s); it needs one sub-folder per class, at least two")
+    return ImageIngest(samples, skipped)
+
+
+def read_image_manifest(manifest: Path) -> ImageIngest:
+    """A CSV with columns `path` and `label`, optional `group` (part id) and `split` (train/val/test).
+
+    Relative paths are relative to the manifest's folder.
+    """
+    if not manifest.is_file():
+        raise UserError(f"data.images.manifest: {str(manifest)!r} not found")
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise UserError(f"{manifest}: missing column(s) {missing}; the header must include path,label (optional group, split); found {columns}")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    samples, skipped = [], []
+    for line, row in enumerate(rows, start=2):
+        if not row["path"] or not row["label"]:
+            raise UserError(f"{manifest}, line {line}: empty path or label")
+        split = row.get("split") or None
+        if split not in (None, "train", "val", "test"):
+            raise UserError(f"{manifest}, line {line}: split {split!r} must be train, val or test (or empty)")
+        path = Path(row["path"])
+        path = path if path.is_absolute() else manifest.parent / path
+        if not path.is_file():
+            skipped.append((str(path), "file not found"))
+            continue
+        samples.append(ImageSample(id=row["path"], label=row["label"], path=path, group=row.get("group") or row["path"], split=split))
+    if len({s.label for s in samples}) < 2:
+        raise UserError(f"{manifest}: images of {len({s.label for s in samples})} class(es) found; at least two are needed")
+    return ImageIngest(samples, skipped)
+
+
+def load_elpv(threshold: float) -> ImageIngest:
+    """The ELPV solar-cell set (PyPI `elpv-dataset`): `defective` when the defect probability >= threshold."""
+    try:
+        import elpv_dataset
+    except ImportError:
+        raise UserError("the ELPV data set is not installed: pip install elpv-dataset==1.0.0.post1") from None
+    data_dir = Path(elpv_dataset.__file__).parent / "data"
+    table = np.genfromtxt(data_dir / "labels.csv", dtype=["|S19", "<f8", "|S4"], names=["path", "probability", "type"])
+    samples = [
+        ImageSample(
+            id=rel,
+            label="defective" if prob >= threshold else "functional",
+            path=data_dir / rel,
+            group=rel,
+            condition={"defect_probability": f"{prob:.3f}", "type": kind},
+        )
+        for rel, prob, kind in zip(np.char.decode(table["path"]), table["probability"], np.char.decode(table["type"]))
+    ]
+    return ImageIngest(samples, [])

@@ -1,0 +1,85 @@
+"""Preprocessing of defect images to network input; describes itself like the signal transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+POLICIES = ("resize", "center_crop", "pad")
+
+
+class ImageTransform:
+    """Decoded images (float [0, 1], (H, W) grey or (H, W, 3) colour) -> normalised (N, 3, S, S).
+
+    Args:
+        image_size: side of the square output.
+        policy: ``resize`` (squash to the square), ``center_crop`` (shorter side to S, centre crop)
+            or ``pad`` (longer side to S, pad the rest with the image's mean).
+        mean, std: per-channel normalisation of the network.
+    """
+
+    kind = "image"
+
+    def __init__(self, *, image_size: int = 64, policy: str = "resize", mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r} is not supported; use one of {list(POLICIES)}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (R, G, B), got {mean} and {std}")
+        self.image_size = int(image_size)
+        self.policy = policy
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "image_size": self.image_size, "policy": self.policy, "mean": list(self.mean), "std": list(self.std)}
+
+    def __repr__(self) -> str:
+        return f"ImageTransform(image_size={self.image_size}, policy={self.policy!r})"
+
+    def fit_size(self, image: np.ndarray) -> torch.Tensor:
+        """One decoded image -> (3, S, S) in [0, 1] (grey replicated), before normalisation."""
+        arr = np.asarray(image, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3):
+            raise ValueError(f"an image must be (H, W) or (H, W, 3), got shape {arr.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]  # (1, C, H, W)
+        h, w = x.shape[-2:]
+        s = self.image_size
+        if self.policy == "resize":
+            x = _resize(x, s, s)
+        elif self.policy == "center_crop":
+            scale = s / min(h, w)
+            x = _resize(x, max(s, round(h * scale)), max(s, round(w * scale)))
+            top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
+            x = x[..., top : top + s, left : left + s]
+        else:
+            scale = s / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            x = _resize(x, nh, nw)
+            canvas = torch.full((1, x.shape[1], s, s), float(x.mean()))
+            top, left = (s - nh) // 2, (s - nw) // 2
+            canvas[..., top : top + nh, left : left + nw] = x
+            x = canvas
+        return x[0].expand(3, -1, -1).contiguous() if x.shape[1] == 1 else x[0].contiguous()
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) in [0, 1] -> network input."""
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (batch - mean) / std
+
+    def __call__(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        if len(images) == 0:
+            return torch.zeros((0, 3, self.image_size, self.image_size))
+        return self.normalise(torch.stack([self.fit_size(im) for im in images]))
+
+
+def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if x.shape[-2:] == (h, w):
+        return x
+    return F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
