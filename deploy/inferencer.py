@@ -70,7 +70,10 @@ class OnnxInferencer:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"model file {str(self.path)!r} not found")
-        self.session = create_session(self.path, providers=providers, threads=threads)
+        try:
+            self.session = create_session(self.path, providers=providers, threads=threads)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise UserError(f"{self.path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
         raw = self.session.get_modelmeta().custom_metadata_map
         try:
             self.metadata: dict[str, Any] = {k: json.loads(v) for k, v in raw.items()}
@@ -79,9 +82,10 @@ class OnnxInferencer:
             if not self.is_image:
                 self.window_length = int(self.metadata["window"]["length"])
                 self.window_hop = int(self.metadata["window"]["hop"])
+                self.channels = [int(c) for c in self.metadata.get("channels", [0])]
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise UserError(
-                f"{self.path} lacks this project's metadata ({exc}); export it with `pipeline run` or `pipeline export`"
+                f"{self.path} lacks this project's metadata ({exc}); export it with `pipeline run`"
             ) from None
         self.input_name = self.session.get_inputs()[0].name
 
@@ -125,11 +129,21 @@ class OnnxInferencer:
         windows = np.asarray(windows, dtype=np.float32)
         if windows.shape[-1] != self.window_length:
             raise UserError(f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}")
-        return self.predict_inputs(self.transform(windows).numpy())
+        try:
+            inputs = self.transform(windows)
+        except ValueError as exc:
+            raise UserError(f"cannot turn the windows into images: {exc}") from None
+        return self.predict_inputs(inputs.numpy())
 
     def predict_signal(self, signal: np.ndarray, fs: float | None = None) -> SignalPrediction:
         """A whole signal (channels, samples) cut into the model's windows; verdict from the mean probability."""
         signal = np.atleast_2d(np.asarray(signal, dtype=np.float32))
+        if signal.shape[0] != len(self.channels):
+            if max(self.channels) >= signal.shape[0]:
+                raise UserError(
+                    f"the signal has {signal.shape[0]} channel(s); the model was trained on channel(s) {self.channels}"
+                )
+            signal = signal[self.channels]  # the sensor(s) the model was trained on
         if fs is not None and abs(fs - self.fs) > 1e-6 * self.fs:
             raise UserError(f"the signal is sampled at {fs:g} Hz but the model expects {self.fs:g} Hz; resample it first")
         if signal.shape[-1] < self.window_length:

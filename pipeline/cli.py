@@ -17,6 +17,10 @@ from pipeline.errors import ExportError, UserError
 EXIT_USAGE = 2
 
 
+def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -55,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
     predict.add_argument("files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv) or images (.png, .jpg, ...)")
     predict.add_argument("--fs", type=float, default=None, help="sample rate of the files in Hz (checked against the model's)")
-    predict.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    _add_tracking_uri(predict)
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
     predict.set_defaults(func=cmd_predict)
 
@@ -66,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models_sub = models_.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     listing = models_sub.add_parser("list", help="every registered version with its aliases, strategy, test accuracy and data hash")
-    listing.add_argument("--tracking-uri", default=None, help="store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    _add_tracking_uri(listing)
     listing.set_defaults(func=cmd_models_list)
     promote = models_sub.add_parser(
         "promote",
@@ -76,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("name", metavar="NAME", help="registered model name")
     promote.add_argument("version", metavar="VERSION", help="version number")
     promote.add_argument("--alias", default="champion", help="alias to move (default champion)")
-    promote.add_argument("--tracking-uri", default=None, help="store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    _add_tracking_uri(promote)
     promote.set_defaults(func=cmd_models_promote)
 
     ui = sub.add_parser(
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the MLflow UI on this project's store",
         description="Start `mlflow ui` on the embedded store (./mlflow.db) or the given tracking URI.",
     )
-    ui.add_argument("--tracking-uri", default=None, help="store to browse (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    _add_tracking_uri(ui)
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     ui.set_defaults(func=cmd_ui)
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the MLflow runs are marked KILLED and the last checkpoints are kept", file=sys.stderr)
+        print("interrupted: MLflow runs in progress are marked KILLED and the last checkpoints are kept", file=sys.stderr)
         return 130
 
 

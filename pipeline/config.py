@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -155,15 +156,9 @@ class CwtConfig(Section):
     @field_validator("wavelet")
     @classmethod
     def _continuous(cls, value: str) -> str:
-        import pywt
+        from signal2image.cwt import continuous_wavelet
 
-        try:
-            pywt.ContinuousWavelet(value)
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not a continuous wavelet; use one of {pywt.wavelist(kind='continuous')} "
-                "(complex Morlet with parameters: 'cmor1.5-1.0')"
-            ) from None
+        continuous_wavelet(value)
         return value
 
     @model_validator(mode="after")
@@ -287,6 +282,13 @@ class TrackingConfig(Section):
     registered_model: str = Field("gearbox-fault", min_length=1)
     alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
+            raise ValueError(f"alias {value!r} is reserved by MLflow ('latest', 'v<number>'); choose another, e.g. 'champion'")
+        return value
+
 
 class ExportConfig(Section):
     dir: Path = Field(Path("artifacts"), description="where ONNX files and checkpoints are written")
@@ -313,6 +315,11 @@ class JobConfig(Section):
             )
         if self.data.is_image:
             return self
+        if self.train.augment.active:
+            raise ValueError(
+                "train.augment flips and turns images; on CWT/STFT inputs it would scramble the time and "
+                "frequency axes: remove train.augment for signal jobs"
+            )
         nyquist = self.data.fs / 2
         if self.transform.kind == "cwt" and self.transform.cwt.f_max > nyquist:
             raise ValueError(
@@ -398,6 +405,11 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if isinstance(node, list):
             node = _list_item(node, part, parts[: i + 1])
             continue
+        if parts[i + 1].isdigit() and part not in node:
+            raise ConfigError(
+                f"--set {item!r}: {'.'.join(parts[: i + 1])} is not in the config file; write the whole list in "
+                "the YAML (or set it with --set key=[...]) before overriding one item"
+            )
         if not isinstance(node.get(part, {}), (dict, list)):
             raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = node.setdefault(part, {})

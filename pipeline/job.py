@@ -58,6 +58,12 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     device = select_device(cfg.train.device)
     echo(f"[1/4] data: {cfg.data.source}, {cfg.transform.kind} inputs of {cfg.transform.image_size} px")
     data = prepare_data(cfg, echo)
+    if any(s.pretrained for s in cfg.train.strategies):
+        build_model(cfg.model.backbone, num_classes=2, pretrained=True)  # a missing weights file fails now, not after hours
+    try:
+        cfg.export.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"export.dir: cannot create {str(cfg.export.dir)!r} ({exc.strerror}); choose a writable folder") from None
     experiment_id = ensure_experiment(cfg.tracking.experiment, tracking_uri=tracking_uri, artifact_dir=cfg.tracking.artifact_dir)
     data_hash = data.fingerprint()
     with tracked_run(experiment_id=experiment_id, run_name=cfg.name, tags=run_tags(cfg, config_path, data, device, data_hash)) as parent:
@@ -71,7 +77,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         mlflow.log_metrics({"data_seconds": data.seconds, "skipped_files": len(data.skipped_files)})
         for name in SPLIT_NAMES:
             mlflow.log_metric(f"{name}_windows", len(data.windows[name]))
-            mlflow.log_metric(f"{name}_recordings", len(data.split.parts()[name]))
+            mlflow.log_metric(f"{name}_units", len(data.windows[name].recording_ids))  # recordings or parts
 
         plan = [(s, f, seed) for s in cfg.train.strategies for f in cfg.train.train_fraction for seed in cfg.train.seeds]
         echo(f"[2/4] training {len(plan)} model(s) on {device.type} ({cfg.model.backbone}): strategies x train fractions x seeds")
@@ -93,7 +99,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         metadata = {
             "classes": data.classes,
             "transform": data.transform.to_dict(),
-            **({} if data.is_image else {"window": {"length": cfg.data.window.length, "hop": cfg.data.window.hop}, "fs": cfg.data.fs}),
+            **({} if data.is_image else {"window": {"length": cfg.data.window.length, "hop": cfg.data.window.hop}, "fs": cfg.data.fs, "channels": data_channels(cfg)}),
             "input_shape": ["batch", 3, cfg.transform.image_size, cfg.transform.image_size],
             "normalisation": {"mean": list(data.transform.mean), "std": list(data.transform.std)},
             "model": {
@@ -132,6 +138,11 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         )
         mlflow.set_tags({"registered_version": registration.version, "registered_alias": registration.alias})
     return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri, data.is_image)
+
+
+def data_channels(cfg: JobConfig) -> list[int]:
+    """Which channels of a signal file the model reads (the folder source picks one)."""
+    return [cfg.data.folder.channel] if cfg.data.source == "folder" and cfg.data.folder else [0]
 
 
 def trial_name(cfg: JobConfig, strategy: str, fraction: float, seed: int) -> str:
@@ -237,7 +248,7 @@ def recording_votes(windows: WindowSet, probs: np.ndarray) -> tuple[np.ndarray, 
     truth, verdict = [], []
     for r in range(len(windows.recording_ids)):
         mask = windows.recording == r
-        truth.append(windows.y[mask][0])
+        truth.append(int(np.bincount(windows.y[mask]).argmax()))  # a part's majority label, as the split uses
         verdict.append(int(probs[mask].mean(axis=0).argmax()))
     return np.asarray(truth), np.asarray(verdict)
 

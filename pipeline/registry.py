@@ -130,7 +130,10 @@ def promote(client: Any, name: str, version: str, alias: str) -> str:
         previous = str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         pass
-    client.set_registered_model_alias(name, alias, version)
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        raise UserError(f"cannot set alias {alias!r}: {exc.message}") from None
     if alias != CHALLENGER:
         try:
             if str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(version):

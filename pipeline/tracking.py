@@ -51,6 +51,11 @@ def ensure_experiment(name: str, *, tracking_uri: str, artifact_dir: Path) -> st
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.lifecycle_stage != "active":
+            raise UserError(
+                f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore --experiment-id "
+                f"{found.experiment_id}) or set another tracking.experiment"
+            )
         return found.experiment_id
     location = None
     if is_local_store(tracking_uri):

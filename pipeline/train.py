@@ -116,6 +116,8 @@ def fit(
     sample_weight = class_weight[y_train] if cfg.class_weighting == "sampler" else None
     generator = torch.Generator().manual_seed(seed)
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    # float16 gradients underflow without loss scaling; bfloat16 and the CPU need none.
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     start = time.perf_counter()
@@ -137,8 +139,9 @@ def fit(
                 logits = model(xb)
                 loss = loss_fn(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
@@ -186,4 +189,3 @@ def save_checkpoint(path: Path, **state: Any) -> None:
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(seed)

@@ -14,6 +14,11 @@ import torch
 import torch.nn.functional as F
 
 
+def normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> the network's input scale, per channel (in place)."""
+    return batch.sub_(torch.tensor(mean).view(1, 3, 1, 1)).div_(torch.tensor(std).view(1, 3, 1, 1))
+
+
 class SignalToImage:
     """Base class. Subclasses implement `magnitude` ((N, L) -> (N, F, T), rows = increasing frequency).
 
@@ -107,9 +112,7 @@ class SignalToImage:
             else:
                 rgb = grey
             out[start : start + len(part)] = rgb
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return out.sub_(mean).div_(std)
+        return normalise(out, self.mean, self.std)
 
     def _to_unit_image(self, windows: np.ndarray) -> torch.Tensor:
         """(N, L) -> (N, S, S): magnitude, resized (antialiased), in dB relative to the peak, in [0, 1]."""

@@ -11,6 +11,17 @@ import torch
 from signal2image.base import SignalToImage
 
 
+def continuous_wavelet(name: str) -> pywt.ContinuousWavelet:
+    """The PyWavelets continuous wavelet `name`; ValueError listing the valid names otherwise."""
+    try:
+        return pywt.ContinuousWavelet(name)
+    except ValueError:
+        raise ValueError(
+            f"{name!r} is not a continuous wavelet; use one of {pywt.wavelist(kind='continuous')} "
+            "(complex Morlet with parameters: 'cmor1.5-1.0')"
+        ) from None
+
+
 class CwtTransform(SignalToImage):
     """|CWT| on log-spaced frequencies from `f_min` to `f_max` Hz.
 
@@ -25,12 +36,7 @@ class CwtTransform(SignalToImage):
 
     def __init__(self, *, wavelet: str = "cmor1.5-1.0", f_min: float = 50.0, f_max: float = 5000.0, n_scales: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        try:
-            self._wavelet = pywt.ContinuousWavelet(wavelet)
-        except ValueError:
-            raise ValueError(
-                f"wavelet {wavelet!r} is not a continuous wavelet; use one of {pywt.wavelist(kind='continuous')}"
-            ) from None
+        self._wavelet = continuous_wavelet(wavelet)
         if not 0 < f_min < f_max <= self.fs / 2:
             raise ValueError(f"need 0 < f_min < f_max <= fs/2 = {self.fs / 2:g} Hz, got f_min={f_min}, f_max={f_max}")
         self.wavelet = wavelet

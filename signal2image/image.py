@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from signal2image.base import normalise
+
 POLICIES = ("resize", "center_crop", "pad")
 
 
@@ -68,10 +70,8 @@ class ImageTransform:
         return x[0].expand(3, -1, -1).contiguous() if x.shape[1] == 1 else x[0].contiguous()
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) in [0, 1] -> network input."""
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (batch - mean) / std
+        """(N, 3, S, S) in [0, 1] -> network input (a new tensor)."""
+        return normalise(batch.clone(), self.mean, self.std)
 
     def __call__(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         if len(images) == 0:

@@ -90,3 +90,12 @@ def test_cli_help_describes_commands(tmp_path):
     run = run_cli("run", "--help", cwd=tmp_path)
     assert run.returncode == 0 and "--set" in run.stdout and "CONFIG" in run.stdout
     assert run_cli("frobnicate", cwd=tmp_path).returncode == 2
+
+
+def test_review_rules(tmp_path):
+    assert "reserved by MLflow" in _error(tmp_path, {"tracking": {"alias": "latest"}})
+    assert "reserved by MLflow" in _error(tmp_path, {"tracking": {"alias": "v3"}})
+    assert "scramble" in _error(tmp_path, {"train": {"augment": {"vflip": True}}})
+    path = write_config(tmp_path / "plain.yaml", {"train": {"epochs": 2}})
+    with pytest.raises(ConfigError, match="not in the config file"):
+        load_config(path, ["train.strategies.0.lr=0.1"])

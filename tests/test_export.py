@@ -73,3 +73,13 @@ def test_cuda_paths_fall_back_to_the_cpu():
     assert choose_providers("cuda") == ["CPUExecutionProvider"]
     assert choose_providers("auto") == ["CPUExecutionProvider"]
     assert select_device("cuda").type == "cpu" and select_device("auto").type == "cpu"
+
+
+def test_inferencer_selects_the_trained_channel_and_refuses_non_onnx_files(exported, tmp_path):
+    _, _, _, _, path, _ = exported
+    inf = OnnxInferencer(path)
+    signal = np.random.default_rng(3).standard_normal((2, 2048)).astype(np.float32)
+    assert inf.predict_signal(signal).probabilities == pytest.approx(inf.predict_signal(signal[0]).probabilities)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="not a loadable ONNX model"):
+        OnnxInferencer(tmp_path / "junk.onnx")

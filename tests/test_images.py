@@ -123,6 +123,12 @@ def test_ingest_errors_name_the_class_or_column(tmp_path):
     (tmp_path / "s.csv").write_text("path,label,split\n" + "\n".join(",".join(r) for r in rows) + "\n")
     with pytest.raises(UserError, match=r"labels \['scratch'\] are in the test split but not in train"):
         split_given(read_image_manifest(tmp_path / "s.csv").samples, unit=lambda s: s.group)
+    (tmp_path / "bom.csv").write_bytes("\ufeffpath,label\nimgs/ok/0.jpg,ok\nimgs/blob/0.jpg,blob\n".encode("utf-8"))
+    assert len(read_image_manifest(tmp_path / "bom.csv").samples) == 2  # Excel's UTF-8 CSV
+    (tmp_path / "latin.csv").write_bytes("path,label\nimgs/ok/0.jpg,d\xe9faut\n".encode("cp1252"))
+    with pytest.raises(UserError, match="save the manifest as UTF-8"):
+        read_image_manifest(tmp_path / "latin.csv")
+    assert issubclass(LeakageError, UserError)
     with pytest.raises(ConfigError, match="exactly one of data.images.path"):
         load_config(None, ["data.source=images", "transform.kind=image", "data.images={}"])
     with pytest.raises(ConfigError, match="needs transform.kind 'image'"):

@@ -25,3 +25,13 @@ def test_failed_and_interrupted_runs_keep_their_status_and_data(workdir):
     assert status == {"crash": "FAILED", "ctrl-c": "KILLED", "ok": "FINISHED"}
     assert client.get_run(ids["crash"]).data.metrics["epoch_loss"] == 0.5  # what was logged stays
     assert client.get_experiment(exp).artifact_location == (workdir / "art" / "t").as_uri()
+
+
+def test_deleted_experiment_is_a_clear_error(workdir):
+    from pipeline.errors import UserError
+
+    uri = f"sqlite:///{workdir / 'store.db'}"
+    exp = ensure_experiment("gone", tracking_uri=uri, artifact_dir=workdir / "art")
+    mlflow.MlflowClient(uri).delete_experiment(exp)
+    with pytest.raises(UserError, match="was deleted; restore it"):
+        ensure_experiment("gone", tracking_uri=uri, artifact_dir=workdir / "art")

@@ -20,7 +20,10 @@ def read_folder(config: FolderConfig) -> list[Recording]:
         raise UserError(f"data.folder.path: {str(root)!r} is not a folder; it must hold one sub-folder per class")
     recordings: list[Recording] = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for file in sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in SIGNAL_SUFFIXES):
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in SIGNAL_SUFFIXES)
+        if not files:
+            raise UserError(f"class {class_dir.name!r} ({class_dir}) holds no signal file ({', '.join(SIGNAL_SUFFIXES)}); add recordings or remove the folder")
+        for file in files:
             signal = read_signal_file(file)
             if config.channel >= signal.shape[0]:
                 raise UserError(

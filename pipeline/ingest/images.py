@@ -37,11 +37,6 @@ class ImageIngest:
     samples: list[ImageSample]
     skipped: list[tuple[str, str]]  # (path, reason) of unreadable files
 
-    def skipped_summary(self, first: int = 5) -> str:
-        shown = "; ".join(f"{p} ({why})" for p, why in self.skipped[:first])
-        more = f" and {len(self.skipped) - first} more" if len(self.skipped) > first else ""
-        return f"{len(self.skipped)} unreadable image(s) skipped: {shown}{more}"
-
 
 def decode_image(source: str | Path | bytes) -> np.ndarray:
     """Decode a file or bytes to float32 in [0, 1]: (H, W) for grayscale, (H, W, 3) for colour.
@@ -54,7 +49,7 @@ def decode_image(source: str | Path | bytes) -> np.ndarray:
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_float(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from None
 
 
@@ -125,13 +120,16 @@ def read_image_manifest(manifest: Path) -> ImageIngest:
     """
     if not manifest.is_file():
         raise UserError(f"data.images.manifest: {str(manifest)!r} not found")
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("path", "label") if c not in columns]
-        if missing:
-            raise UserError(f"{manifest}: missing column(s) {missing}; the header must include path,label (optional group, split); found {columns}")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in ("path", "label") if c not in columns]
+            if missing:
+                raise UserError(f"{manifest}: missing column(s) {missing}; the header must include path,label (optional group, split); found {columns}")
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the manifest as UTF-8 CSV") from None
     samples, skipped = [], []
     for line, row in enumerate(rows, start=2):
         if not row["path"] or not row["label"]:

@@ -16,7 +16,7 @@ from pipeline.errors import UserError
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class LeakageError(RuntimeError):
+class LeakageError(UserError):
     """A unit (recording, part) or its source file appears in more than one split."""
 
 
