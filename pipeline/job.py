@@ -302,7 +302,7 @@ def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, 
                 [a.stat("test_accuracy")[0] for a in at_top],
                 [a.stat("test_accuracy")[1] for a in at_top],
                 ylabel="test accuracy",
-                title=f"scratch vs pretrained ({len(cfg.train.seeds)} seed(s), train fraction {top:g})",
+                title=f"test accuracy ({len(cfg.train.seeds)} seed(s), train fraction {top:g})",
             )
         ),
         "learning_curves.png": to_png(learning_curves_figure({a.strategy: mean_history(a.trials) for a in at_top}, "validation per epoch (mean over seeds)")),

@@ -100,11 +100,11 @@ def examples_figure(
 
 
 def bar_figure(groups: Sequence[str], means: Sequence[float], stds: Sequence[float], *, ylabel: str, title: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(groups), 3.6))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 1.3 * len(groups)), 3.6))
     colours = [f"C{i}" for i in range(len(groups))]
     bars = ax.bar(groups, means, yerr=stds, capsize=5, color=colours)
-    for bar, mean in zip(bars, means):
-        ax.text(bar.get_x() + bar.get_width() / 2, mean + 0.02, f"{mean:.3f}", ha="center", fontsize=9)
+    for bar, mean, std in zip(bars, means, stds):
+        ax.text(bar.get_x() + bar.get_width() / 2, mean + std + 0.03, f"{mean:.3f}", ha="center", fontsize=9)
     ax.set(ylabel=ylabel, title=title, ylim=(0, 1.1))
     fig.tight_layout()
     return fig
