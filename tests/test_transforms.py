@@ -72,3 +72,19 @@ def test_invalid_settings_name_the_fix():
         CwtTransform(fs=FS, f_max=FS)
     with pytest.raises(ValueError, match="unknown transform kind"):
         signal2image.from_dict({"kind": "wigner"})
+
+
+@pytest.mark.parametrize("wavelet", ["cmor1.5-1.0", "morl", "mexh", "cgau4", "shan1.5-1.0", "fbsp1-1.5-1.0", "gaus2"])
+def test_filter_bank_computes_what_pywt_cwt_computes(wavelet):
+    from signal2image.filterbank import CwtFilterBank
+
+    w = pywt.ContinuousWavelet(wavelet)
+    scales = pywt.frequency2scale(w, np.geomspace(50, 5000, 24) / FS)  # 50 Hz: filters longer than the window
+    x = np.random.default_rng(2).standard_normal((5, 1024))
+    ref, _ = pywt.cwt(x, scales, w, sampling_period=1 / FS, method="fft", axis=-1)
+    ref = np.transpose(ref, (1, 0, 2))  # (N, scales, L)
+    bank = CwtFilterBank(w, scales, 1024, chunk=2)
+    got = bank.coefficients(x.astype(np.float32)).numpy()
+    assert got.shape == ref.shape and np.iscomplexobj(got) == np.iscomplexobj(ref)
+    assert np.max(np.abs(got - ref)) <= 1e-4 * np.abs(ref).max()
+    assert np.allclose(bank.magnitude(x).numpy(), np.abs(got), atol=1e-6 * np.abs(ref).max())
