@@ -82,7 +82,7 @@ class OnnxInferencer:
             if not self.is_image:
                 self.window_length = int(self.metadata["window"]["length"])
                 self.window_hop = int(self.metadata["window"]["hop"])
-                self.channels = [int(c) for c in self.metadata.get("channels", [0])]
+                self.channel: int | str = self.metadata.get("channel", 0)
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise UserError(
                 f"{self.path} lacks this project's metadata ({exc}); export it with `pipeline run`"
@@ -138,12 +138,10 @@ class OnnxInferencer:
     def predict_signal(self, signal: np.ndarray, fs: float | None = None) -> SignalPrediction:
         """A whole signal (channels, samples) cut into the model's windows; verdict from the mean probability."""
         signal = np.atleast_2d(np.asarray(signal, dtype=np.float32))
-        if signal.shape[0] != len(self.channels):
-            if max(self.channels) >= signal.shape[0]:
-                raise UserError(
-                    f"the signal has {signal.shape[0]} channel(s); the model was trained on channel(s) {self.channels}"
-                )
-            signal = signal[self.channels]  # the sensor(s) the model was trained on
+        if signal.shape[0] > 1:  # the sensor the model was trained on
+            if not isinstance(self.channel, int) or self.channel >= signal.shape[0]:
+                raise UserError(f"the signal has {signal.shape[0]} channels; the model was trained on channel {self.channel!r}")
+            signal = signal[self.channel : self.channel + 1]
         if fs is not None and abs(fs - self.fs) > 1e-6 * self.fs:
             raise UserError(f"the signal is sampled at {fs:g} Hz but the model expects {self.fs:g} Hz; resample it first")
         if signal.shape[-1] < self.window_length:

@@ -126,7 +126,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             result = {"file": file, "label": label, "probabilities": dict(zip(inferencer.classes, map(float, probs)))}
             print(json.dumps(result) if args.json else f"{file}: {label} (p={probs.max():.3f})")
             continue
-        prediction = inferencer.predict_signal(read_signal_file(file), fs=args.fs)
+        loaded = read_signal_file(file)
+        signal = loaded.select(inferencer.channel, file) if loaded.data.shape[0] > 1 else loaded.data
+        prediction = inferencer.predict_signal(signal, fs=args.fs or loaded.fs)
         if args.json:
             print(json.dumps({"file": file, "label": prediction.label, "probabilities": prediction.probabilities, "windows": len(prediction.window_labels)}))
         else:

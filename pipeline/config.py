@@ -74,8 +74,17 @@ class FolderConfig(Section):
     """One's own recordings: `path/<label>/<file>.npy|.csv`, one file per recording."""
 
     path: Path
-    fs: float = Field(gt=0, description="sample rate of the files in Hz")
-    channel: int = Field(0, ge=0, description="column (CSV) or row/column (NPY) used as the signal")
+    fs: float | None = Field(None, gt=0, description="sample rate in Hz (default: from the files: CSV time column, WAV, TDMS, NPZ/MAT 'fs')")
+    channel: int | str = Field(0, description="channel index, or name (CSV header, CWRU 'DE'/'FE'/'BA', TDMS 'group/channel')")
+    nan_policy: Literal["error", "drop"] = Field("error", description="a file with NaN/Inf stops the job, or is dropped and counted")
+    resample: bool = Field(False, description="resample files at another rate to fs (polyphase)")
+
+    @field_validator("channel")
+    @classmethod
+    def _non_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"channel index must be >= 0, got {value}")
+        return value
 
 
 class ImagesConfig(Section):
@@ -143,8 +152,11 @@ class DataConfig(Section):
         return self.source in IMAGE_SOURCES
 
     @property
-    def fs(self) -> float:
-        return self.folder.fs if self.source == "folder" and self.folder else float(self.simulator.fs)
+    def fs(self) -> float | None:
+        """The sample rate when the config states it (None: read from the files)."""
+        if self.source == "folder":
+            return self.folder.fs if self.folder else None
+        return float(self.simulator.fs)
 
 
 class CwtConfig(Section):
@@ -320,7 +332,7 @@ class JobConfig(Section):
                 "train.augment flips and turns images; on CWT/STFT inputs it would scramble the time and "
                 "frequency axes: remove train.augment for signal jobs"
             )
-        nyquist = self.data.fs / 2
+        nyquist = self.data.fs / 2 if self.data.fs else float("inf")  # unknown until the files are read
         if self.transform.kind == "cwt" and self.transform.cwt.f_max > nyquist:
             raise ValueError(
                 f"transform.cwt.f_max = {self.transform.cwt.f_max} Hz is above the Nyquist frequency "

@@ -79,7 +79,11 @@ def prepare_data(cfg: JobConfig, echo: Callable[[str], None] = print) -> Prepare
 
 def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData:
     start = time.perf_counter()
-    recordings = load_recordings(cfg.data)
+    dropped: dict[str, list[str]] = {}
+    recordings = load_recordings(cfg.data, dropped)
+    skipped = [(path, "NaN or Inf values (nan_policy: drop)") for path in dropped.get("nan_dropped", [])]
+    if skipped:
+        echo(f"  warning: {len(skipped)} recording(s) with NaN/Inf dropped: {', '.join(p for p, _ in skipped[:5])}")
     classes = list(dict.fromkeys(r.label for r in recordings))
     split = split_by_recording(recordings, cfg.data.split)
     win = cfg.data.window
@@ -91,13 +95,13 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
                 f"the {name} split has no window of class(es) {missing}: their recordings are shorter than "
                 f"data.window.length = {win.length}; lower the window length or add longer recordings"
             )
-    transform = build_transform(cfg)
+    transform = build_transform(cfg, fs=recordings[0].fs)
     images = {}
     for name, ws in windows.items():
         t0 = time.perf_counter()
         images[name] = transform(ws.x)
         echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)")
-    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start)
+    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped)
 
 
 def _load_image_samples(cfg: JobConfig) -> ImageIngest:
@@ -143,13 +147,16 @@ def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData
     return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped)
 
 
-def build_transform(cfg: JobConfig) -> Any:
-    """The transform of the config with the backbone's normalisation."""
+def build_transform(cfg: JobConfig, fs: float | None = None) -> Any:
+    """The transform of the config with the backbone's normalisation (`fs`: the data's sample rate)."""
     pre = get_preprocessing(cfg.model.backbone)
     t = cfg.transform
     if t.kind == "image":
         return signal2image.from_dict({"kind": "image", "image_size": t.image_size, "policy": t.policy, "mean": pre.mean, "std": pre.std})
-    common = dict(fs=cfg.data.fs, image_size=t.image_size, floor_db=t.floor_db, mean=pre.mean, std=pre.std)
+    fs = fs or cfg.data.fs
+    if t.kind == "cwt" and fs and t.cwt.f_max > fs / 2:
+        raise UserError(f"transform.cwt.f_max = {t.cwt.f_max:g} Hz is above the Nyquist frequency {fs / 2:g} Hz of the data; lower it")
+    common = dict(fs=fs, image_size=t.image_size, floor_db=t.floor_db, mean=pre.mean, std=pre.std)
     settings = t.cwt.model_dump() if t.kind == "cwt" else t.stft.model_dump()
     return signal2image.from_dict({"kind": t.kind, **common, **settings})
 

@@ -99,7 +99,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         metadata = {
             "classes": data.classes,
             "transform": data.transform.to_dict(),
-            **({} if data.is_image else {"window": {"length": cfg.data.window.length, "hop": cfg.data.window.hop}, "fs": cfg.data.fs, "channels": data_channels(cfg)}),
+            **({} if data.is_image else {"window": {"length": cfg.data.window.length, "hop": cfg.data.window.hop}, "fs": data.transform.fs, "channel": data_channel(cfg)}),
             "input_shape": ["batch", 3, cfg.transform.image_size, cfg.transform.image_size],
             "normalisation": {"mean": list(data.transform.mean), "std": list(data.transform.std)},
             "model": {
@@ -140,9 +140,9 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri, data.is_image)
 
 
-def data_channels(cfg: JobConfig) -> list[int]:
-    """Which channels of a signal file the model reads (the folder source picks one)."""
-    return [cfg.data.folder.channel] if cfg.data.source == "folder" and cfg.data.folder else [0]
+def data_channel(cfg: JobConfig) -> int | str:
+    """Which channel of a signal file the model reads (index or name; the folder source picks one)."""
+    return cfg.data.folder.channel if cfg.data.source == "folder" and cfg.data.folder else 0
 
 
 def trial_name(cfg: JobConfig, strategy: str, fraction: float, seed: int) -> str:

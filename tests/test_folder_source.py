@@ -29,7 +29,7 @@ def test_folder_of_npy_and_csv_files(tmp_path):
     assert np.allclose(csv.signal[0], np.loadtxt(tmp_path / "good" / "r2.csv", delimiter=",", skiprows=1)[:, 1], atol=1e-6)
     split = split_by_recording(recs, cfg.data.split)
     assert sum(len(p) for p in split.parts().values()) == 6
-    with pytest.raises(UserError, match="channel = 5 but the file has 2"):
+    with pytest.raises(UserError, match=r"channel 5 requested but the file has 2 channel\(s\)"):
         load_recordings(load_config(ROOT / "configs" / "folder_example.yaml", [f"data.folder.path={tmp_path}", "data.folder.channel=5"]).data)
 
 
@@ -48,9 +48,9 @@ def test_signal_file_errors(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,x\n")
     with pytest.raises(UserError, match="cannot read"):
         read_signal_file(tmp_path / "t.csv")
-    (tmp_path / "s.wav").write_bytes(b"RIFF")
+    (tmp_path / "s.xyz").write_bytes(b"RIFF")
     with pytest.raises(UserError, match="unsupported signal file type"):
-        read_signal_file(tmp_path / "s.wav")
+        read_signal_file(tmp_path / "s.xyz")
     np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2)))
     with pytest.raises(UserError, match="1-D or 2-D"):
         read_signal_file(tmp_path / "cube.npy")

@@ -6,13 +6,13 @@ from pipeline.config import DataConfig
 from pipeline.ingest.recording import Recording
 
 
-def load_recordings(config: DataConfig) -> list[Recording]:
-    """The recordings of the configured source."""
+def load_recordings(config: DataConfig, report: dict[str, list[str]] | None = None) -> list[Recording]:
+    """The recordings of the configured source (`report` receives files dropped for NaN/Inf)."""
     if config.source == "folder":
         from pipeline.ingest.folder import read_folder
 
         assert config.folder is not None  # checked by the schema
-        return read_folder(config.folder)
+        return read_folder(config.folder, report)
     from pipeline.ingest.simulator import GearboxSimulator
 
     return GearboxSimulator(config.simulator).recordings()
