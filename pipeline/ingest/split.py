@@ -107,6 +107,34 @@ def split_given(items: Sequence[Any], *, unit: Callable[[Any], str]) -> Split:
     return split
 
 
+def split_official_test(items: Sequence[Any], config: SplitConfig, *, unit: Callable[[Any], str], noun: str) -> Split:
+    """Items marked `condition['split'] == 'test'` are the test split; the others are split into
+    train and validation, stratified, with validation taking `config.val` of them."""
+    test = tuple(i for i in items if i.condition.get("split") == "test")
+    rest = [i for i in items if i.condition.get("split") != "test"]
+    if not test:
+        raise UserError("the data set has no official test part")
+    members: dict[str, list[Any]] = {}
+    for item in rest:
+        members.setdefault(item.label, []).append(item)
+    rng = np.random.default_rng(config.seed)
+    train, val = [], []
+    for label in sorted(members):
+        group = sorted(members[label], key=unit)
+        n_val = max(1, int(round(config.val * len(group))))
+        if len(group) - n_val < 1:
+            raise UserError(f"class {label!r} has {len(group)} training {noun}(s); at least 2 are needed for train and validation")
+        order = rng.permutation(len(group))
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    missing = sorted({i.label for i in test} - {i.label for i in train})
+    if missing:
+        raise UserError(f"labels {missing} are in the test part but not in the training part")
+    split = Split(tuple(train), tuple(val), test)
+    assert_disjoint(split, unit)
+    return split
+
+
 def assert_disjoint(split: Split, unit: Callable[[Any], str] = lambda r: r.id) -> None:
     """Refuse any unit or source file shared between two splits."""
     seen: dict[str, str] = {}
