@@ -151,6 +151,8 @@ class DataConfig(Section):
     images: ImagesConfig | None = None
     elpv: ElpvConfig = ElpvConfig()
     ucr: UcrConfig = UcrConfig()
+    cache: bool = Field(True, description="keep transformed signal data on disk and reuse it when nothing changed")
+    cache_dir: Path = Field(Path(".cache/pipeline"), description="where the transformed-data cache lives")
     split: SplitConfig = SplitConfig()
     window: WindowConfig = WindowConfig()
 

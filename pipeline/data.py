@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 import signal2image
 from models import get_preprocessing
+from pipeline import cache
 from pipeline.config import JobConfig
 from pipeline.errors import UserError
 from pipeline.ingest import load_recordings
@@ -79,6 +80,15 @@ def prepare_data(cfg: JobConfig, echo: Callable[[str], None] = print) -> Prepare
 
 def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData:
     start = time.perf_counter()
+    spec = {"transform": cfg.transform.model_dump(mode="json"), "preprocessing": list(get_preprocessing(cfg.model.backbone).__dict__.values())}
+    folder = cfg.data.cache_dir / cache.cache_key(cfg, spec)
+    hit = cache.load(folder) if cfg.data.cache else None
+    if hit is not None:
+        classes, split, windows, images, skipped, fs = hit
+        for name, ws in windows.items():
+            echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images (cached)")
+        echo(f"  from the cache {folder} (data and transform unchanged; data.cache: false rebuilds)")
+        return PreparedData(classes, split, windows, images, build_transform(cfg, fs=fs), time.perf_counter() - start, skipped)
     dropped: dict[str, list[str]] = {}
     recordings = load_recordings(cfg.data, dropped)
     skipped = [(path, "NaN or Inf values (nan_policy: drop)") for path in dropped.get("nan_dropped", [])]
@@ -104,6 +114,11 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         t0 = time.perf_counter()
         images[name] = transform(ws.x)
         echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)")
+    if cfg.data.cache:
+        try:
+            cache.save(folder, classes, split, windows, images, skipped, transform.fs)
+        except OSError as exc:  # a full or read-only disk must not stop the job
+            echo(f"  warning: could not write the cache {folder} ({exc.strerror})")
     return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped)
 
 

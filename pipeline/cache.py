@@ -1,0 +1,110 @@
+"""On-disk cache of prepared signal data: windows and network inputs as memory-mapped .npy files.
+
+The key is a hash of what determines the result: the data section of the config, the identity of
+the source files (path, size, modification time), the transform's own description, and the
+version of the code that generates or reads the data. A second `pipeline run` with the same data
+and transform maps the arrays instead of reading, simulating and transforming again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import pipeline
+from pipeline.config import JobConfig
+from pipeline.ingest.split import SPLIT_NAMES, Split
+from pipeline.ingest.windows import WindowSet
+
+CODE_FILES = ("ingest/simulator.py", "ingest/files.py", "ingest/folder.py", "ingest/ucr.py", "ingest/windows.py", "ingest/split.py")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A recording as the cached split remembers it (id and label only)."""
+
+    id: str
+    label: str
+
+
+def _files_identity(cfg: JobConfig) -> list[list[Any]]:
+    paths: list[Path] = []
+    if cfg.data.source == "folder" and cfg.data.folder:
+        paths = sorted(p for p in cfg.data.folder.path.rglob("*") if p.is_file())
+    elif cfg.data.source == "ucr":
+        from pipeline.ingest.ucr import ucr_files
+
+        paths = list(ucr_files(cfg.data.ucr))
+    out = []
+    for p in paths:
+        stat = p.stat()
+        out.append([str(p.resolve()), stat.st_size, stat.st_mtime_ns])
+    return out
+
+
+def cache_key(cfg: JobConfig, transform_spec: dict[str, Any]) -> str:
+    """Hash of the data config, the source files' identity, the transform and the ingest code."""
+    code = hashlib.sha256()
+    root = Path(pipeline.__file__).parent
+    for name in CODE_FILES:
+        code.update((root / name).read_bytes())
+    payload = {
+        "data": cfg.data.model_dump(mode="json", exclude={"cache", "cache_dir"}),
+        "files": _files_identity(cfg),
+        "transform": transform_spec,
+        "code": code.hexdigest(),
+        "version": pipeline.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def save(folder: Path, classes: list[str], split: Split, windows: dict[str, WindowSet], images: dict[str, torch.Tensor], skipped: list[tuple[str, str]], fs: float) -> None:
+    """Write the prepared data atomically (a half-written entry is never found)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        meta: dict[str, Any] = {"classes": classes, "skipped": skipped, "fs": fs, "splits": {}}
+        for name in SPLIT_NAMES:
+            ws = windows[name]
+            np.save(tmp / f"{name}_x.npy", ws.x)
+            np.save(tmp / f"{name}_images.npy", images[name].numpy())
+            np.save(tmp / f"{name}_y.npy", ws.y)
+            np.save(tmp / f"{name}_recording.npy", ws.recording)
+            meta["splits"][name] = {
+                "recording_ids": list(ws.recording_ids),
+                "skipped": list(ws.skipped),
+                "units": [[u.id, u.label] for u in split.parts()[name]],
+            }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str, torch.Tensor], list[tuple[str, str]], float] | None:
+    """The cached data, memory-mapped (copy-on-write), or None when there is no complete entry."""
+    meta_file = folder / "meta.json"
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    windows, images, parts = {}, {}, {}
+    for name in SPLIT_NAMES:
+        info = meta["splits"][name]
+
+        def arr(kind: str) -> np.ndarray:
+            return np.load(folder / f"{name}_{kind}.npy", mmap_mode="c")
+
+        windows[name] = WindowSet(arr("x"), np.asarray(arr("y")), np.asarray(arr("recording")), tuple(info["recording_ids"]), tuple(info["skipped"]))
+        images[name] = torch.from_numpy(arr("images"))
+        parts[name] = tuple(Unit(i, label) for i, label in info["units"])
+    return meta["classes"], Split(**parts), windows, images, [tuple(s) for s in meta["skipped"]], float(meta["fs"])
