@@ -206,7 +206,7 @@ class StftConfig(Section):
 
 
 class TransformConfig(Section):
-    kind: Literal["cwt", "stft", "image"] = "cwt"
+    kind: Literal["cwt", "stft", "grid", "gaf", "image"] = "cwt"
     policy: Literal["resize", "center_crop", "pad"] = Field("resize", description="how images reach the square size")
     image_size: int = Field(64, ge=16, le=1024, description="side of the square image fed to the network")
     floor_db: float = Field(-40.0, lt=0, description="dynamic range kept below each image's peak, in dB")
@@ -341,7 +341,7 @@ class JobConfig(Section):
         if self.data.is_image != (self.transform.kind == "image"):
             raise ValueError(
                 f"data.source {self.data.source!r} needs transform.kind "
-                + ("'image'" if self.data.is_image else "'cwt' or 'stft'")
+                + ("'image'" if self.data.is_image else "'cwt', 'stft', 'grid' or 'gaf'")
                 + f", got {self.transform.kind!r}"
             )
         if self.data.is_image:

@@ -175,7 +175,7 @@ def build_transform(cfg: JobConfig, fs: float | None = None) -> Any:
     if t.kind == "cwt" and fs and t.cwt.f_max > fs / 2:
         raise UserError(f"transform.cwt.f_max = {t.cwt.f_max:g} Hz is above the Nyquist frequency {fs / 2:g} Hz of the data; lower it")
     common = dict(fs=fs, image_size=t.image_size, floor_db=t.floor_db, mean=pre.mean, std=pre.std)
-    settings = t.cwt.model_dump() if t.kind == "cwt" else t.stft.model_dump()
+    settings = {"cwt": t.cwt.model_dump(), "stft": t.stft.model_dump()}.get(t.kind, {})
     return signal2image.from_dict({"kind": t.kind, **common, **settings})
 
 
@@ -201,8 +201,8 @@ def examples(data: PreparedData) -> Figure:
     for c in range(len(data.classes)):
         i = int(np.flatnonzero(ws.y == c)[0])
         pictures.append((images[i].numpy() * np.array(transform.std)[:, None, None] + np.array(transform.mean)[:, None, None]).transpose(1, 2, 0))
-    if data.is_image:
-        return examples_figure(pictures, data.classes, duration_s=None, row_frequencies=None, kind="image")
+    if data.is_image or not transform.has_frequency_axis:
+        return examples_figure(pictures, data.classes, duration_s=None, row_frequencies=None, kind=transform.kind)
     freqs = transform.frequencies(ws.x.shape[-1])
     rows = np.interp(np.linspace(0, len(freqs) - 1, transform.image_size), np.arange(len(freqs)), freqs)
     return examples_figure([p[..., 0] for p in pictures], data.classes, duration_s=ws.x.shape[-1] / transform.fs, row_frequencies=rows, kind=transform.kind)

@@ -6,10 +6,11 @@ from typing import Any
 
 from signal2image.base import SignalToImage
 from signal2image.cwt import CwtTransform
+from signal2image.grid import GafTransform, GridTransform
 from signal2image.image import ImageTransform
 from signal2image.stft import StftTransform
 
-_TRANSFORMS: dict[str, type[Any]] = {cls.kind: cls for cls in (CwtTransform, StftTransform, ImageTransform)}
+_TRANSFORMS: dict[str, type[Any]] = {cls.kind: cls for cls in (CwtTransform, StftTransform, GridTransform, GafTransform, ImageTransform)}
 
 
 def list_transforms() -> list[str]:
@@ -29,4 +30,4 @@ def from_dict(spec: dict[str, Any]) -> SignalToImage | ImageTransform:
     return _TRANSFORMS[kind](**settings)
 
 
-__all__ = ["SignalToImage", "CwtTransform", "StftTransform", "ImageTransform", "from_dict", "list_transforms"]
+__all__ = ["SignalToImage", "CwtTransform", "StftTransform", "GridTransform", "GafTransform", "ImageTransform", "from_dict", "list_transforms"]

@@ -31,6 +31,7 @@ class SignalToImage:
     """
 
     kind: ClassVar[str] = ""
+    has_frequency_axis: ClassVar[bool] = True  # rows are frequencies (CWT, STFT), not pixels
 
     def __init__(
         self,

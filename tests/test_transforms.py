@@ -88,3 +88,23 @@ def test_filter_bank_computes_what_pywt_cwt_computes(wavelet):
     assert got.shape == ref.shape and np.iscomplexobj(got) == np.iscomplexobj(ref)
     assert np.max(np.abs(got - ref)) <= 1e-4 * np.abs(ref).max()
     assert np.allclose(bank.magnitude(x).numpy(), np.abs(got), atol=1e-6 * np.abs(ref).max())
+
+
+def test_reshape_to_grid_is_exact_and_gaf_is_a_gram_matrix():
+    from signal2image import GafTransform, GridTransform
+
+    x = np.random.default_rng(4).standard_normal((3, 1000)).astype(np.float32)
+    grid = GridTransform(fs=FS, image_size=31).grid(x)  # side = isqrt(1000) = 31
+    first = x[0, : 31 * 31]
+    assert grid.shape == (3, 31, 31)
+    assert np.allclose(grid[0].numpy(), ((first - first.min()) / (first.max() - first.min())).reshape(31, 31), atol=1e-6)
+    out = GridTransform(fs=FS, image_size=31)(x)  # no resize needed at this size: the same grid
+    assert torch.allclose((out[:, 0] + 1) / 2, grid, atol=1e-5)
+    gaf = GafTransform(fs=FS, image_size=20)
+    img = gaf._to_unit_image(x)
+    assert img.shape == (3, 20, 20) and torch.allclose(img, img.transpose(1, 2), atol=1e-6)
+    paa = x[0].reshape(20, 50).mean(axis=1)
+    scaled = (paa - paa.min()) / (paa.max() - paa.min()) * 2 - 1
+    assert np.allclose(img[0].diagonal().numpy(), ((2 * scaled**2 - 1) + 1) / 2, atol=1e-5)  # cos(2 phi)
+    for t in (GridTransform(fs=FS, image_size=16), gaf):
+        assert signal2image.from_dict(t.to_dict()).to_dict() == t.to_dict()
