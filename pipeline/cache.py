@@ -67,12 +67,12 @@ def cache_key(cfg: JobConfig, transform_spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def save(folder: Path, classes: list[str], split: Split, windows: dict[str, WindowSet], images: dict[str, torch.Tensor], skipped: list[tuple[str, str]], fs: float) -> None:
+def save(folder: Path, classes: list[str], split: Split, windows: dict[str, WindowSet], images: dict[str, torch.Tensor], skipped: list[tuple[str, str]], fs: float, window: dict[str, int]) -> None:
     """Write the prepared data atomically (a half-written entry is never found)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
-        meta: dict[str, Any] = {"classes": classes, "skipped": skipped, "fs": fs, "splits": {}}
+        meta: dict[str, Any] = {"classes": classes, "skipped": skipped, "fs": fs, "window": window, "splits": {}}
         for name in SPLIT_NAMES:
             ws = windows[name]
             np.save(tmp / f"{name}_x.npy", ws.x)
@@ -91,7 +91,7 @@ def save(folder: Path, classes: list[str], split: Split, windows: dict[str, Wind
         raise
 
 
-def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str, torch.Tensor], list[tuple[str, str]], float] | None:
+def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str, torch.Tensor], list[tuple[str, str]], float, dict[str, int]] | None:
     """The cached data, memory-mapped (copy-on-write), or None when there is no complete entry."""
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
@@ -107,4 +107,4 @@ def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str
         windows[name] = WindowSet(arr("x"), np.asarray(arr("y")), np.asarray(arr("recording")), tuple(info["recording_ids"]), tuple(info["skipped"]))
         images[name] = torch.from_numpy(arr("images"))
         parts[name] = tuple(Unit(i, label) for i, label in info["units"])
-    return meta["classes"], Split(**parts), windows, images, [tuple(s) for s in meta["skipped"]], float(meta["fs"])
+    return meta["classes"], Split(**parts), windows, images, [tuple(s) for s in meta["skipped"]], float(meta["fs"]), meta["window"]

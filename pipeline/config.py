@@ -137,8 +137,20 @@ class SplitConfig(Section):
 
 
 class WindowConfig(Section):
+    """Window length and hop, in samples or in seconds (`length_s`, `hop_s`; seconds win when given)."""
+
     length: int = Field(2048, ge=16, description="samples per window")
     hop: int = Field(1024, ge=1, description="samples between window starts (hop < length overlaps)")
+    length_s: float | None = Field(None, gt=0, description="window length in seconds (instead of length)")
+    hop_s: float | None = Field(None, gt=0, description="hop in seconds (instead of hop)")
+
+    def samples(self, fs: float) -> tuple[int, int]:
+        """(length, hop) in samples at sample rate `fs`."""
+        length = int(round(self.length_s * fs)) if self.length_s else self.length
+        hop = int(round(self.hop_s * fs)) if self.hop_s else self.hop
+        if length < 16 or hop < 1:
+            raise ValueError(f"data.window gives {length} samples per window and a hop of {hop} at {fs:g} Hz; windows need at least 16 samples and a hop of at least 1")
+        return length, hop
 
 
 IMAGE_SOURCES = ("images", "elpv")
@@ -357,10 +369,11 @@ class JobConfig(Section):
                 f"transform.cwt.f_max = {self.transform.cwt.f_max} Hz is above the Nyquist frequency "
                 f"{nyquist:g} Hz of the data; set it to at most {nyquist:g}"
             )
-        if self.transform.kind == "stft" and self.transform.stft.nperseg > self.data.window.length:
+        length = self.data.window.samples(self.data.fs)[0] if self.data.fs else None
+        if self.transform.kind == "stft" and length is not None and self.transform.stft.nperseg > length:
             raise ValueError(
                 f"transform.stft.nperseg = {self.transform.stft.nperseg} is longer than the window "
-                f"({self.data.window.length} samples); lower nperseg or raise data.window.length"
+                f"({length} samples); lower nperseg or raise data.window.length"
             )
         return self
 

@@ -45,6 +45,7 @@ class PreparedData:
     transform: Any
     seconds: float
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    window: dict[str, int] | None = None  # signals: {"length": samples, "hop": samples}
 
     @property
     def is_image(self) -> bool:
@@ -84,11 +85,11 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
     folder = cfg.data.cache_dir / cache.cache_key(cfg, spec)
     hit = cache.load(folder) if cfg.data.cache else None
     if hit is not None:
-        classes, split, windows, images, skipped, fs = hit
+        classes, split, windows, images, skipped, fs, window = hit
         for name, ws in windows.items():
             echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images (cached)")
         echo(f"  from the cache {folder} (data and transform unchanged; data.cache: false rebuilds)")
-        return PreparedData(classes, split, windows, images, build_transform(cfg, fs=fs), time.perf_counter() - start, skipped)
+        return PreparedData(classes, split, windows, images, build_transform(cfg, fs=fs), time.perf_counter() - start, skipped, window)
     dropped: dict[str, list[str]] = {}
     recordings = load_recordings(cfg.data, dropped)
     skipped = [(path, "NaN or Inf values (nan_policy: drop)") for path in dropped.get("nan_dropped", [])]
@@ -99,14 +100,17 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         split = split_official_test(recordings, cfg.data.split, unit=lambda r: r.id, noun="series")
     else:
         split = split_by_recording(recordings, cfg.data.split)
-    win = cfg.data.window
-    windows = {name: make_windows(recs, classes, win.length, win.hop) for name, recs in split.parts().items()}
+    try:
+        length, hop = cfg.data.window.samples(recordings[0].fs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    windows = {name: make_windows(recs, classes, length, hop) for name, recs in split.parts().items()}
     for name, ws in windows.items():
         missing = [c for i, c in enumerate(classes) if not np.any(ws.y == i)]
         if missing:
             raise UserError(
                 f"the {name} split has no window of class(es) {missing}: their recordings are shorter than "
-                f"data.window.length = {win.length}; lower the window length or add longer recordings"
+                f"the window ({length} samples); lower data.window.length or add longer recordings"
             )
     transform = build_transform(cfg, fs=recordings[0].fs)
     images = {}
@@ -116,10 +120,10 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)")
     if cfg.data.cache:
         try:
-            cache.save(folder, classes, split, windows, images, skipped, transform.fs)
+            cache.save(folder, classes, split, windows, images, skipped, transform.fs, {"length": length, "hop": hop})
         except OSError as exc:  # a full or read-only disk must not stop the job
             echo(f"  warning: could not write the cache {folder} ({exc.strerror})")
-    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped)
+    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped, {"length": length, "hop": hop})
 
 
 def _load_image_samples(cfg: JobConfig) -> ImageIngest:

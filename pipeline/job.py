@@ -99,7 +99,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         metadata = {
             "classes": data.classes,
             "transform": data.transform.to_dict(),
-            **({} if data.is_image else {"window": {"length": cfg.data.window.length, "hop": cfg.data.window.hop}, "fs": data.transform.fs, "channel": data_channel(cfg)}),
+            **({} if data.is_image else {"window": data.window, "fs": data.transform.fs, "channel": data_channel(cfg)}),
             "input_shape": ["batch", 3, cfg.transform.image_size, cfg.transform.image_size],
             "normalisation": {"mean": list(data.transform.mean), "std": list(data.transform.std)},
             "model": {

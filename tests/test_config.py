@@ -37,7 +37,7 @@ def test_wrong_type_and_range_name_key_value_and_rule(tmp_path):
     msg = _error(tmp_path, {"train": {"epochs": 0}})
     assert "train.epochs" in msg and "greater than or equal to 1" in msg and "got 0" in msg
     msg = _error(tmp_path, {"transform": {"kind": "wavelet"}})
-    assert "transform.kind" in msg and "'cwt', 'stft' or 'image'" in msg
+    assert "transform.kind" in msg and "'cwt', 'stft', 'grid', 'gaf' or 'image'" in msg
 
 
 def test_cross_field_rules(tmp_path):

@@ -70,3 +70,15 @@ def test_short_recordings_are_skipped_and_reported():
     short = Recording("short", "b", np.ones((1, 100), np.float32), 1000.0)
     ws = make_windows([long, short], ["a", "b"], 256, 256)
     assert len(ws) == 2 and ws.skipped == ("short",) and ws.recording_ids == ("long",)
+
+
+def test_window_in_seconds(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.data import prepare_data
+
+    cfg = load_config(None, ["data.simulator.recordings_per_class=3", "data.simulator.duration_s=0.5", "data.window.length_s=0.08", "data.window.hop_s=0.04", "transform.image_size=16", "transform.cwt.n_scales=8", f"data.cache_dir={tmp_path}"])
+    data = prepare_data(cfg, echo=lambda s: None)
+    assert data.window == {"length": 1024, "hop": 512}  # 0.08 s and 0.04 s at 12.8 kHz
+    assert data.windows["train"].x.shape[-1] == 1024 and len(data.windows["train"]) == 5 * 11
+    with pytest.raises(UserError, match="at least 16 samples"):
+        prepare_data(load_config(None, ["data.window.length_s=0.0001", f"data.cache_dir={tmp_path}"]), echo=lambda s: None)
