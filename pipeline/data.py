@@ -81,9 +81,11 @@ def prepare_data(cfg: JobConfig, echo: Callable[[str], None] = print) -> Prepare
 
 def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData:
     start = time.perf_counter()
-    spec = {"transform": cfg.transform.model_dump(mode="json"), "preprocessing": list(get_preprocessing(cfg.model.backbone).__dict__.values())}
-    folder = cfg.data.cache_dir / cache.cache_key(cfg, spec)
-    hit = cache.load(folder) if cfg.data.cache else None
+    folder, hit = None, None
+    if cfg.data.cache:  # the key stats every source file: only when caching
+        spec = {"transform": cfg.transform.model_dump(mode="json"), "preprocessing": list(get_preprocessing(cfg.model.backbone).__dict__.values())}
+        folder = cfg.data.cache_dir / cache.cache_key(cfg, spec)
+        hit = cache.load(folder)
     if hit is not None:
         classes, split, windows, images, skipped, fs, window = hit
         for name, ws in windows.items():
@@ -118,7 +120,7 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         t0 = time.perf_counter()
         images[name] = transform(ws.x)
         echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)")
-    if cfg.data.cache:
+    if folder is not None:
         try:
             cache.save(folder, classes, split, windows, images, skipped, transform.fs, {"length": length, "hop": hop})
         except OSError as exc:  # a full or read-only disk must not stop the job

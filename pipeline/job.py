@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from models import build_model
 from pipeline.augment import make_augment
 from pipeline.config import JobConfig, StrategyConfig
 from pipeline.data import PreparedData, examples, prepare_data, train_subset
+from pipeline.errors import UserError
 from pipeline.ingest.split import SPLIT_NAMES
 from pipeline.ingest.windows import WindowSet
 from pipeline.metrics import classification_metrics, confusion_matrix, per_class_metrics

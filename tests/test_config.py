@@ -99,3 +99,12 @@ def test_review_rules(tmp_path):
     path = write_config(tmp_path / "plain.yaml", {"train": {"epochs": 2}})
     with pytest.raises(ConfigError, match="not in the config file"):
         load_config(path, ["train.strategies.0.lr=0.1"])
+
+
+def test_unwritable_export_dir_is_a_clear_error_before_training(tmp_path):
+    from tests.conftest import TINY_JOB
+
+    (tmp_path / "taken").write_text("a file, not a folder")
+    job = {**TINY_JOB, "export": {"dir": str(tmp_path / "taken" / "out")}}
+    proc = run_cli("run", str(write_config(tmp_path / "job.yaml", job)), cwd=tmp_path)
+    assert proc.returncode == 2 and "export.dir: cannot create" in proc.stderr and "Traceback" not in proc.stderr
