@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 import signal2image
+from signal2image.base import zscore
 from pipeline.errors import UserError
 from pipeline.ingest.windows import cut_windows
 
@@ -82,7 +83,7 @@ class OnnxInferencer:
             if not self.is_image:
                 self.window_length = int(self.metadata["window"]["length"])
                 self.window_hop = int(self.metadata["window"]["hop"])
-                self.channel: int | str = self.metadata.get("channel", 0)
+                self.channels: list[int | str] = list(self.metadata.get("channels", [self.metadata.get("channel", 0)]))
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise UserError(
                 f"{self.path} lacks this project's metadata ({exc}); export it with `pipeline run`"
@@ -112,7 +113,7 @@ class OnnxInferencer:
         return self.session.get_providers()
 
     def predict_inputs(self, images: np.ndarray) -> np.ndarray:
-        """Network inputs (N, 3, H, W) -> class probabilities (N, n_classes)."""
+        """Network inputs (N, C, H, W) -> class probabilities (N, n_classes)."""
         logits = self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
         return _softmax(logits)
 
@@ -129,6 +130,9 @@ class OnnxInferencer:
         windows = np.asarray(windows, dtype=np.float32)
         if windows.shape[-1] != self.window_length:
             raise UserError(f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}")
+        if self.transform.signal_norm == "recording":  # the windows of one call are one recording
+            windows = windows if windows.ndim == 3 else windows[:, None, :]
+            windows = zscore(windows.transpose(1, 0, 2).reshape(windows.shape[1], -1)).reshape(windows.shape[1], len(windows), -1).transpose(1, 0, 2)
         try:
             inputs = self.transform(windows)
         except ValueError as exc:
@@ -137,11 +141,7 @@ class OnnxInferencer:
 
     def predict_signal(self, signal: np.ndarray, fs: float | None = None) -> SignalPrediction:
         """A whole signal (channels, samples) cut into the model's windows; verdict from the mean probability."""
-        signal = np.atleast_2d(np.asarray(signal, dtype=np.float32))
-        if signal.shape[0] > 1:  # the sensor the model was trained on
-            if not isinstance(self.channel, int) or self.channel >= signal.shape[0]:
-                raise UserError(f"the signal has {signal.shape[0]} channels; the model was trained on channel {self.channel!r}")
-            signal = signal[self.channel : self.channel + 1]
+        signal = self.select_channels(np.atleast_2d(np.asarray(signal, dtype=np.float32)))
         if fs is not None and abs(fs - self.fs) > 1e-6 * self.fs:
             raise UserError(f"the signal is sampled at {fs:g} Hz but the model expects {self.fs:g} Hz; resample it first")
         if signal.shape[-1] < self.window_length:
@@ -155,6 +155,20 @@ class OnnxInferencer:
             probabilities={c: float(p) for c, p in zip(self.classes, mean)},
             window_labels=[self.classes[i] for i in probs.argmax(axis=1)],
         )
+
+
+    def select_channels(self, signal: np.ndarray) -> np.ndarray:
+        """(channels, samples) -> the model's sensors, in its order.
+
+        A signal with exactly the model's number of channels is taken as is; a wider one gives the
+        model's channels by index.
+        """
+        want = self.channels
+        if signal.shape[0] == len(want):
+            return signal
+        if all(isinstance(c, int) for c in want) and max(want) < signal.shape[0]:  # type: ignore[type-var]
+            return signal[list(want)]
+        raise UserError(f"the signal has {signal.shape[0]} channel(s); the model was trained on {len(want)} channel(s) {want}: send exactly those")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -53,11 +54,35 @@ def get_preprocessing(name: str) -> Preprocessing:
     return _entry(name).preprocessing
 
 
-def build_model(name: str, *, num_classes: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+def build_model(name: str, *, num_classes: int, pretrained: bool, in_channels: int = 3, **kwargs: Any) -> nn.Module:
     """Backbone `name` with a new head of `num_classes` outputs, from ImageNet weights or random init.
+
+    Args:
+        in_channels: 3, or 1 for grey inputs (the first convolution adapted by `adapt_first_conv`).
 
     Raises:
         ValueError: unknown name.
         WeightsNotFoundError: `pretrained` and the weights file is not installed.
     """
-    return _entry(name).builder(num_classes=num_classes, pretrained=pretrained, **kwargs)
+    model = _entry(name).builder(num_classes=num_classes, pretrained=pretrained, **kwargs)
+    if in_channels == 1:
+        adapt_first_conv(model)
+    elif in_channels != 3:
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    return model
+
+
+def adapt_first_conv(model: nn.Module) -> nn.Module:
+    """Make the first 3-input convolution take one channel, its filters the sum of the RGB filters.
+
+    For a grey image g fed as (g, g, g), sum_c w_c * g = (sum_c w_c) * g: the adapted network computes
+    what the original computed on the replicated image (exactly when the channels share one mean/std),
+    with a third of the first layer's input work.
+    """
+    for conv in model.modules():
+        if isinstance(conv, nn.Conv2d) and conv.in_channels == 3 and conv.groups == 1:
+            # In place: subclasses (TF-style "same" padding) keep their own forward.
+            conv.weight = nn.Parameter(conv.weight.detach().sum(dim=1, keepdim=True).contiguous())
+            conv.in_channels = 1
+            return model
+    raise ValueError(f"{type(model).__name__} has no convolution with 3 input channels to adapt")

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 import pipeline
+import signal2image
 from pipeline.config import JobConfig
 from pipeline.ingest.split import SPLIT_NAMES, Split
 from pipeline.ingest.windows import WindowSet
 
-CODE_FILES = ("ingest/simulator.py", "ingest/files.py", "ingest/folder.py", "ingest/ucr.py", "ingest/windows.py", "ingest/split.py")
+CODE_FILES = ("ingest/simulator.py", "ingest/files.py", "ingest/folder.py", "ingest/manifest.py", "ingest/ucr.py", "ingest/windows.py", "ingest/split.py", "data.py")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,14 @@ class Unit:
 
 def _files_identity(cfg: JobConfig) -> list[list[Any]]:
     paths: list[Path] = []
-    if cfg.data.source == "folder" and cfg.data.folder:
-        paths = sorted(p for p in cfg.data.folder.path.rglob("*") if p.is_file())
+    folder = cfg.data.folder
+    if cfg.data.source == "folder" and folder and folder.manifest:
+        from pipeline.ingest.manifest import read_manifest
+
+        rows = read_manifest(folder.manifest, "data.folder.manifest", "") if folder.manifest.is_file() else []
+        paths = [folder.manifest, *sorted({r.path for r in rows if r.path.is_file()})]
+    elif cfg.data.source == "folder" and folder and folder.path:
+        paths = sorted(p for p in folder.path.rglob("*") if p.is_file())
     elif cfg.data.source == "ucr":
         from pipeline.ingest.ucr import ucr_files
 
@@ -57,6 +64,8 @@ def cache_key(cfg: JobConfig, transform_spec: dict[str, Any]) -> str:
     root = Path(pipeline.__file__).parent
     for name in CODE_FILES:
         code.update((root / name).read_bytes())
+    for file in sorted(Path(signal2image.__file__).parent.glob("*.py")):  # the transforms
+        code.update(file.read_bytes())
     payload = {
         "data": cfg.data.model_dump(mode="json", exclude={"cache", "cache_dir"}),
         "files": _files_identity(cfg),
@@ -67,12 +76,25 @@ def cache_key(cfg: JobConfig, transform_spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def save(folder: Path, classes: list[str], split: Split, windows: dict[str, WindowSet], images: dict[str, torch.Tensor], skipped: list[tuple[str, str]], fs: float, window: dict[str, int]) -> None:
-    """Write the prepared data atomically (a half-written entry is never found)."""
+def save(
+    folder: Path,
+    classes: list[str],
+    split: Split,
+    windows: dict[str, WindowSet],
+    images: dict[str, torch.Tensor],
+    skipped: list[tuple[str, str]],
+    transform: dict[str, Any],
+    window: dict[str, int],
+    conditions: dict[str, Any],
+) -> None:
+    """Write the prepared data atomically (a half-written entry is never found).
+
+    `transform` is the transform's `to_dict()`, fitted statistics included.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
-        meta: dict[str, Any] = {"classes": classes, "skipped": skipped, "fs": fs, "window": window, "splits": {}}
+        meta: dict[str, Any] = {"classes": classes, "skipped": skipped, "transform": transform, "window": window, "conditions": conditions, "splits": {}}
         for name in SPLIT_NAMES:
             ws = windows[name]
             np.save(tmp / f"{name}_x.npy", ws.x)
@@ -91,7 +113,7 @@ def save(folder: Path, classes: list[str], split: Split, windows: dict[str, Wind
         raise
 
 
-def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str, torch.Tensor], list[tuple[str, str]], float, dict[str, int]] | None:
+def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str, torch.Tensor], list[tuple[str, str]], dict[str, Any], dict[str, int], dict[str, Any]] | None:
     """The cached data, memory-mapped (copy-on-write), or None when there is no complete entry."""
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
@@ -107,4 +129,4 @@ def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str
         windows[name] = WindowSet(arr("x"), np.asarray(arr("y")), np.asarray(arr("recording")), tuple(info["recording_ids"]), tuple(info["skipped"]))
         images[name] = torch.from_numpy(arr("images"))
         parts[name] = tuple(Unit(i, label) for i, label in info["units"])
-    return meta["classes"], Split(**parts), windows, images, [tuple(s) for s in meta["skipped"]], float(meta["fs"]), meta["window"]
+    return meta["classes"], Split(**parts), windows, images, [tuple(s) for s in meta["skipped"]], meta["transform"], meta["window"], meta["conditions"]

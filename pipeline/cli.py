@@ -127,7 +127,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps(result) if args.json else f"{file}: {label} (p={probs.max():.3f})")
             continue
         loaded = read_signal_file(file)
-        signal = loaded.select(inferencer.channel, file) if loaded.data.shape[0] > 1 else loaded.data
+        wanted = tuple(inferencer.channels)
+        named = all(isinstance(c, int) or c in loaded.channels for c in wanted)
+        signal = loaded.select(wanted, file) if named or loaded.data.shape[0] != len(wanted) else loaded.data
         prediction = inferencer.predict_signal(signal, fs=args.fs or loaded.fs)
         if args.json:
             print(json.dumps({"file": file, "label": prediction.label, "probabilities": prediction.probabilities, "windows": len(prediction.window_labels)}))

@@ -71,20 +71,38 @@ class SimulatorConfig(Section):
 
 
 class FolderConfig(Section):
-    """One's own recordings: `path/<label>/<file>.npy|.csv`, one file per recording."""
+    """One's own recordings, one file per recording: a folder per class (`path/<label>/<file>`) or a
+    manifest CSV (`manifest`: columns path, label and optional recording, channel(s), fs, rpm, load, split)."""
 
-    path: Path
-    fs: float | None = Field(None, gt=0, description="sample rate in Hz (default: from the files: CSV time column, WAV, TDMS, NPZ/MAT 'fs')")
-    channel: int | str = Field(0, description="channel index, or name (CSV header, CWRU 'DE'/'FE'/'BA', TDMS 'group/channel')")
+    path: Path | None = None
+    manifest: Path | None = None
+    fs: float | None = Field(None, gt=0, description="sample rate in Hz (default: from the files: CSV time column, WAV, TDMS, NPZ/MAT 'fs', the manifest's fs column)")
+    channel: int | str | tuple[int | str, ...] = Field(
+        0, description="channel index or name (CSV header, CWRU 'DE'/'FE'/'BA', TDMS 'group/channel'), or a list of up to 3 (R, G, B)"
+    )
     nan_policy: Literal["error", "drop"] = Field("error", description="a file with NaN/Inf stops the job, or is dropped and counted")
     resample: bool = Field(False, description="resample files at another rate to fs (polyphase)")
 
     @field_validator("channel")
     @classmethod
-    def _non_negative(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 0:
-            raise ValueError(f"channel index must be >= 0, got {value}")
+    def _channels(cls, value: int | str | tuple[int | str, ...]) -> int | str | tuple[int | str, ...]:
+        items = value if isinstance(value, tuple) else (value,)
+        if not 1 <= len(items) <= 3:
+            raise ValueError(f"give 1 to 3 channels (they become the image's R, G, B), got {len(items)}: {list(items)}")
+        for item in items:
+            if isinstance(item, int) and item < 0:
+                raise ValueError(f"channel index must be >= 0, got {item}")
         return value
+
+    @property
+    def channels(self) -> tuple[int | str, ...]:
+        return self.channel if isinstance(self.channel, tuple) else (self.channel,)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FolderConfig:
+        if (self.path is None) == (self.manifest is None):
+            raise ValueError("give exactly one of data.folder.path (a folder per class) or data.folder.manifest (a CSV)")
+        return self
 
 
 class ImagesConfig(Section):
@@ -121,18 +139,36 @@ class ElpvConfig(Section):
 
 
 class SplitConfig(Section):
-    """Fractions of the recordings of each class; the split is made before windowing."""
+    """How whole recordings are assigned to train/val/test, before any window is cut.
 
+    by: `auto` (the source's own split: a manifest's split column, UCR's test file; else by
+    recording), `recording` (stratified fractions of the recordings of each class), `condition`
+    (test = the recordings whose `condition` value is in `test_values` or `test_range`, e.g. train
+    on loads 0-2 and test on load 3; validation = `val` of the rest), `column` (the manifest's
+    split column).
+    """
+
+    by: Literal["auto", "recording", "condition", "column"] = "auto"
     train: float = Field(0.6, gt=0, lt=1)
     val: float = Field(0.2, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0)
+    condition: str | None = Field(None, description="operating-condition key for by: condition (rpm, load, or a manifest column)")
+    test_values: tuple[float | str, ...] | None = Field(None, description="condition values held out as the test split")
+    test_range: tuple[float, float] | None = Field(None, description="[low, high]: condition values held out as the test split")
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must be 1, got {total:g}; adjust the fractions")
+        if self.by == "condition":
+            if not self.condition:
+                raise ValueError("by: condition needs data.split.condition (e.g. load or rpm)")
+            if (self.test_values is None) == (self.test_range is None):
+                raise ValueError("by: condition needs exactly one of data.split.test_values (a list) or data.split.test_range ([low, high])")
+        if self.test_range is not None:
+            _ordered_pair(self.test_range, "test_range")
         return self
 
 
@@ -167,11 +203,14 @@ class DataConfig(Section):
     cache_dir: Path = Field(Path(".cache/pipeline"), description="where the transformed-data cache lives")
     split: SplitConfig = SplitConfig()
     window: WindowConfig = WindowConfig()
+    normalise: Literal["none", "window", "recording"] = Field(
+        "none", description="signal amplitude: z-score each window, or each recording before windowing (the service: each request's signal)"
+    )
 
     @model_validator(mode="after")
     def _folder_given(self) -> DataConfig:
         if self.source == "folder" and self.folder is None:
-            raise ValueError("source is 'folder' but the section data.folder (path, fs) is missing")
+            raise ValueError("source is 'folder' but the section data.folder (path or manifest) is missing")
         if self.source == "images" and self.images is None:
             raise ValueError("source is 'images' but the section data.images (path or manifest) is missing")
         return self
@@ -221,14 +260,29 @@ class TransformConfig(Section):
     kind: Literal["cwt", "stft", "grid", "gaf", "image"] = "cwt"
     policy: Literal["resize", "center_crop", "pad"] = Field("resize", description="how images reach the square size")
     image_size: int = Field(64, ge=16, le=1024, description="side of the square image fed to the network")
-    floor_db: float = Field(-40.0, lt=0, description="dynamic range kept below each image's peak, in dB")
+    floor_db: float = Field(-40.0, lt=0, description="dynamic range kept below the reference level, in dB")
+    level: Literal["peak", "train"] = Field(
+        "peak", description="dB reference: each image's own peak, or a level fitted on the training split (keeps absolute energy)"
+    )
+    normalise: Literal["backbone", "train"] = Field(
+        "backbone", description="per-channel mean/std: the backbone's pretraining statistics, or fitted on the training split"
+    )
     cwt: CwtConfig = CwtConfig()
     stft: StftConfig = StftConfig()
+
+    @model_validator(mode="after")
+    def _level_needs_frequencies(self) -> TransformConfig:
+        if self.level == "train" and self.kind not in ("cwt", "stft"):
+            raise ValueError(f"transform.level: train fits a dB level and needs kind cwt or stft, not {self.kind!r}; use level: peak")
+        return self
 
 
 class ModelConfig(Section):
     backbone: str = "efficientnet_lite0"
     dropout: float = Field(0.2, ge=0, lt=1)
+    in_channels: Literal[1, 3] = Field(
+        3, description="3: the grey image replicated to RGB; 1: one channel into a first convolution adapted by summing its RGB filters"
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -357,7 +411,14 @@ class JobConfig(Section):
                 + f", got {self.transform.kind!r}"
             )
         if self.data.is_image:
+            if self.data.split.by == "condition":
+                raise ValueError("data.split.by: condition is for signal recordings; image jobs split by part or by the manifest's split column")
             return self
+        if self.model.in_channels == 1 and self.data.source == "folder" and self.data.folder and len(self.data.folder.channels) > 1:
+            raise ValueError(
+                f"model.in_channels is 1 but data.folder.channel lists {len(self.data.folder.channels)} channels; "
+                "use one channel, or model.in_channels: 3 (channels become R, G, B)"
+            )
         if self.train.augment.active:
             raise ValueError(
                 "train.augment flips and turns images; on CWT/STFT inputs it would scramble the time and "

@@ -8,6 +8,7 @@ normalised network inputs of each split.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -25,9 +26,10 @@ from pipeline.config import JobConfig
 from pipeline.errors import UserError
 from pipeline.ingest import load_recordings
 from pipeline.ingest.images import ImageIngest, decode_all, load_elpv, read_image_folder, read_image_manifest
-from pipeline.ingest.split import SPLIT_NAMES, Split, split_by_recording, split_given, split_official_test, split_units
+from pipeline.ingest.split import SPLIT_NAMES, Split, split_given, split_recordings, split_units
 from pipeline.ingest.windows import WindowSet, make_windows
 from pipeline.plots import examples_figure
+from signal2image.base import zscore
 
 
 @dataclass
@@ -46,6 +48,7 @@ class PreparedData:
     seconds: float
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     window: dict[str, int] | None = None  # signals: {"length": samples, "hop": samples}
+    conditions: dict[str, Any] = field(default_factory=dict)  # how the split was made, and the held-out condition values
 
     @property
     def is_image(self) -> bool:
@@ -60,6 +63,8 @@ class PreparedData:
             out["samples"][name] = {c: int(n) for c, n in zip(self.classes, counts)}
             out["skipped_short_recordings"][name] = list(ws.skipped)
         out["skipped_files"] = {"count": len(self.skipped_files), "files": [{"path": p, "reason": r} for p, r in self.skipped_files]}
+        if self.conditions:
+            out["split"] = self.conditions
         return out
 
     def fingerprint(self) -> str:
@@ -87,21 +92,22 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         folder = cfg.data.cache_dir / cache.cache_key(cfg, spec)
         hit = cache.load(folder)
     if hit is not None:
-        classes, split, windows, images, skipped, fs, window = hit
+        classes, split, windows, images, skipped, spec, window, conditions = hit
         for name, ws in windows.items():
             echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images (cached)")
         echo(f"  from the cache {folder} (data and transform unchanged; data.cache: false rebuilds)")
-        return PreparedData(classes, split, windows, images, build_transform(cfg, fs=fs), time.perf_counter() - start, skipped, window)
+        return PreparedData(classes, split, windows, images, signal2image.from_dict(spec), time.perf_counter() - start, skipped, window, conditions)
     dropped: dict[str, list[str]] = {}
     recordings = load_recordings(cfg.data, dropped)
     skipped = [(path, "NaN or Inf values (nan_policy: drop)") for path in dropped.get("nan_dropped", [])]
     if skipped:
         echo(f"  warning: {len(skipped)} recording(s) with NaN/Inf dropped: {', '.join(p for p, _ in skipped[:5])}")
     classes = list(dict.fromkeys(r.label for r in recordings))
-    if cfg.data.source == "ucr":  # the archive's own test part stays the test split
-        split = split_official_test(recordings, cfg.data.split, unit=lambda r: r.id, noun="series")
-    else:
-        split = split_by_recording(recordings, cfg.data.split)
+    # UCR: the archive's own test part stays the test split; a manifest's split column is used as is.
+    split = split_recordings(recordings, cfg.data.split, official_test=cfg.data.source == "ucr")
+    conditions = _split_conditions(cfg, split)
+    if cfg.data.normalise == "recording":  # before windowing; "window" is done by the transform
+        split = Split(**{name: tuple(dataclasses.replace(r, signal=zscore(r.signal)) for r in items) for name, items in split.parts().items()})
     try:
         length, hop = cfg.data.window.samples(recordings[0].fs)
     except ValueError as exc:
@@ -115,6 +121,11 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
                 f"the window ({length} samples); lower data.window.length or add longer recordings"
             )
     transform = build_transform(cfg, fs=recordings[0].fs)
+    if cfg.transform.level == "train" or cfg.transform.normalise == "train":
+        t0 = time.perf_counter()
+        transform.fit(windows["train"].x, level=cfg.transform.level == "train", stats=cfg.transform.normalise == "train", seed=cfg.data.split.seed)
+        fitted = (f"level {transform.level_db:.1f} dB, " if transform.level_db is not None else "") + f"mean {_short(transform.mean)}, std {_short(transform.std)}"
+        echo(f"  fitted on the training split: {fitted} ({time.perf_counter() - t0:.1f} s)")
     images = {}
     for name, ws in windows.items():
         t0 = time.perf_counter()
@@ -122,10 +133,26 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)")
     if folder is not None:
         try:
-            cache.save(folder, classes, split, windows, images, skipped, transform.fs, {"length": length, "hop": hop})
+            cache.save(folder, classes, split, windows, images, skipped, transform.to_dict(), {"length": length, "hop": hop}, conditions)
         except OSError as exc:  # a full or read-only disk must not stop the job
             echo(f"  warning: could not write the cache {folder} ({exc.strerror})")
-    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped, {"length": length, "hop": hop})
+    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped, {"length": length, "hop": hop}, conditions)
+
+
+def _short(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _split_conditions(cfg: JobConfig, split: Split) -> dict[str, Any]:
+    """How the split was made; for a split by condition, the condition's values in each split."""
+    out: dict[str, Any] = {"by": cfg.data.split.by}
+    key = cfg.data.split.condition
+    if cfg.data.split.by == "condition" and key:
+        out["condition"] = key
+        for name, items in split.parts().items():
+            values = sorted({r.condition[key] for r in items}, key=str)
+            out[name] = values if len(values) <= 20 else [min(values), max(values)]
+    return out
 
 
 def _load_image_samples(cfg: JobConfig) -> ImageIngest:
@@ -151,10 +178,17 @@ def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData
         raise UserError(f"class(es) {empty} have no readable image; fix or remove them")
     index = {id(s): i for i, s in enumerate(kept)}
     pixels = torch.stack(sized)  # (N, 3, S, S) in [0, 1]
-    if any(s.split for s in kept):
+    by = cfg.data.split.by
+    if by == "column" and not any(s.split for s in kept):
+        raise UserError("data.split.by is 'column' but the images carry no split column; add one to the manifest (train/val/test) or use by: auto")
+    if by == "column" or (by == "auto" and any(s.split for s in kept)):
         split = split_given(kept, unit=lambda s: s.group)
     else:
         split = split_units(kept, cfg.data.split, unit=lambda s: s.group, noun="part")
+    if cfg.transform.normalise == "train":
+        train_rows = torch.tensor([index[id(s)] for s in split.train], dtype=torch.long)
+        transform.fit(pixels[train_rows])
+        echo(f"  fitted on the training split: mean {_short(transform.mean)}, std {_short(transform.std)}")
     windows, images = {}, {}
     for name, items in split.parts().items():
         rows = torch.tensor([index[id(s)] for s in items], dtype=torch.long)
@@ -175,12 +209,15 @@ def build_transform(cfg: JobConfig, fs: float | None = None) -> Any:
     """The transform of the config with the backbone's normalisation (`fs`: the data's sample rate)."""
     pre = get_preprocessing(cfg.model.backbone)
     t = cfg.transform
+    channels = cfg.model.in_channels
+    # One grey channel into a first convolution summed over RGB: the backbone's mean/std averaged.
+    mean, std = (pre.mean, pre.std) if channels == 3 else ((sum(pre.mean) / 3,), (sum(pre.std) / 3,))
     if t.kind == "image":
-        return signal2image.from_dict({"kind": "image", "image_size": t.image_size, "policy": t.policy, "mean": pre.mean, "std": pre.std})
+        return signal2image.from_dict({"kind": "image", "image_size": t.image_size, "policy": t.policy, "mean": mean, "std": std, "channels": channels})
     fs = fs or cfg.data.fs
     if t.kind == "cwt" and fs and t.cwt.f_max > fs / 2:
         raise UserError(f"transform.cwt.f_max = {t.cwt.f_max:g} Hz is above the Nyquist frequency {fs / 2:g} Hz of the data; lower it")
-    common = dict(fs=fs, image_size=t.image_size, floor_db=t.floor_db, mean=pre.mean, std=pre.std)
+    common = dict(fs=fs, image_size=t.image_size, floor_db=t.floor_db, mean=mean, std=std, channels=channels, signal_norm=cfg.data.normalise)
     settings = {"cwt": t.cwt.model_dump(), "stft": t.stft.model_dump()}.get(t.kind, {})
     return signal2image.from_dict({"kind": t.kind, **common, **settings})
 

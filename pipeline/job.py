@@ -99,8 +99,8 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         metadata = {
             "classes": data.classes,
             "transform": data.transform.to_dict(),
-            **({} if data.is_image else {"window": data.window, "fs": data.transform.fs, "channel": data_channel(cfg)}),
-            "input_shape": ["batch", 3, cfg.transform.image_size, cfg.transform.image_size],
+            **({} if data.is_image else {"window": data.window, "fs": data.transform.fs, "channels": data_channels(cfg)}),
+            "input_shape": ["batch", cfg.model.in_channels, cfg.transform.image_size, cfg.transform.image_size],
             "normalisation": {"mean": list(data.transform.mean), "std": list(data.transform.std)},
             "model": {
                 "name": cfg.tracking.registered_model,
@@ -140,9 +140,9 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri, data.is_image)
 
 
-def data_channel(cfg: JobConfig) -> int | str:
-    """Which channel of a signal file the model reads (index or name; the folder source picks one)."""
-    return cfg.data.folder.channel if cfg.data.source == "folder" and cfg.data.folder else 0
+def data_channels(cfg: JobConfig) -> list[int | str]:
+    """Which channels of a signal file the model reads (indices or names; the folder source picks them)."""
+    return list(cfg.data.folder.channels) if cfg.data.source == "folder" and cfg.data.folder else [0]
 
 
 def trial_name(cfg: JobConfig, strategy: str, fraction: float, seed: int) -> str:
@@ -179,7 +179,7 @@ def run_trial(
         mlflow.log_params({"strategy": strategy.name, "kind": strategy.kind, "lr": strategy.lr, "weights": weights, "backbone": cfg.model.backbone, "seed": seed, "train_fraction": fraction})
         mlflow.log_metric("train_windows_used", len(subset))
         seed_everything(seed)
-        model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=strategy.pretrained, dropout=cfg.model.dropout)
+        model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=strategy.pretrained, dropout=cfg.model.dropout, in_channels=cfg.model.in_channels)
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             mlflow.log_metrics(row, step=epoch)

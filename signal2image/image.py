@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from signal2image.base import normalise
+from signal2image.base import channel_stats, check_stats, normalise
 
 POLICIES = ("resize", "center_crop", "pad")
 
@@ -21,23 +21,27 @@ class ImageTransform:
         image_size: side of the square output.
         policy: ``resize`` (squash to the square), ``center_crop`` (shorter side to S, centre crop)
             or ``pad`` (longer side to S, pad the rest with the image's mean).
-        mean, std: per-channel normalisation of the network.
+        mean, std: per-channel normalisation of the network (the backbone's, or fitted by `fit`).
+        channels: 3 (RGB; grey images replicated) or 1 (grey; colour images averaged), for a
+            backbone whose first convolution was adapted to one input.
     """
 
     kind = "image"
 
-    def __init__(self, *, image_size: int = 64, policy: str = "resize", mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+    def __init__(
+        self, *, image_size: int = 64, policy: str = "resize", mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5), channels: int = 3
+    ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is not supported; use one of {list(POLICIES)}")
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"mean and std need 3 values (R, G, B), got {mean} and {std}")
+        check_stats(tuple(mean), tuple(std), channels)
+        self.channels = int(channels)
         self.image_size = int(image_size)
         self.policy = policy
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "image_size": self.image_size, "policy": self.policy, "mean": list(self.mean), "std": list(self.std)}
+        return {"kind": self.kind, "image_size": self.image_size, "policy": self.policy, "mean": list(self.mean), "std": list(self.std), "channels": self.channels}
 
     def __repr__(self) -> str:
         return f"ImageTransform(image_size={self.image_size}, policy={self.policy!r})"
@@ -69,13 +73,20 @@ class ImageTransform:
             x = canvas
         return x[0].expand(3, -1, -1).contiguous() if x.shape[1] == 1 else x[0].contiguous()
 
+    def _channels(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.mean(dim=1, keepdim=True) if self.channels == 1 else batch.clone()
+
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) in [0, 1] -> network input (a new tensor)."""
-        return normalise(batch.clone(), self.mean, self.std)
+        """(N, 3, S, S) in [0, 1] -> network input (N, channels, S, S), a new tensor."""
+        return normalise(self._channels(batch), self.mean, self.std)
+
+    def fit(self, batch: torch.Tensor) -> None:
+        """Fit the channel mean/std on training images (N, 3, S, S) in [0, 1]."""
+        self.mean, self.std = channel_stats(self._channels(batch))
 
     def __call__(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         if len(images) == 0:
-            return torch.zeros((0, 3, self.image_size, self.image_size))
+            return torch.zeros((0, self.channels, self.image_size, self.image_size))
         return self.normalise(torch.stack([self.fit_size(im) for im in images]))
 
 

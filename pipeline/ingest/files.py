@@ -30,12 +30,14 @@ class SignalFile:
     fs: float | None = None
     extra: dict[str, float] = field(default_factory=dict)  # e.g. rpm from a CWRU file
 
-    def select(self, channel: int | str, path: Path | str) -> np.ndarray:
-        """One channel, by index or name, as (1, samples).
+    def select(self, channel: int | str | tuple[int | str, ...], path: Path | str) -> np.ndarray:
+        """Channels, by index or name, as (n_channels, samples): one, or a tuple of up to three.
 
         Raises:
-            UserError: the channel does not exist (the message lists the available ones).
+            UserError: a channel does not exist (the message lists the available ones).
         """
+        if isinstance(channel, (tuple, list)):
+            return np.concatenate([self.select(c, path) for c in channel])
         if isinstance(channel, str) and not channel.isdigit():
             if channel not in self.channels:
                 raise UserError(f"{path}: no channel {channel!r}; available channels: {self.channels}")

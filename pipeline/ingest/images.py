@@ -7,7 +7,6 @@ Unreadable files are skipped and reported, never a crash.
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import UserError
+from pipeline.ingest.manifest import read_manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -118,31 +118,12 @@ def read_image_manifest(manifest: Path) -> ImageIngest:
 
     Relative paths are relative to the manifest's folder.
     """
-    if not manifest.is_file():
-        raise UserError(f"data.images.manifest: {str(manifest)!r} not found")
-    try:
-        with manifest.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in ("path", "label") if c not in columns]
-            if missing:
-                raise UserError(f"{manifest}: missing column(s) {missing}; the header must include path,label (optional group, split); found {columns}")
-            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the manifest as UTF-8 CSV") from None
     samples, skipped = [], []
-    for line, row in enumerate(rows, start=2):
-        if not row["path"] or not row["label"]:
-            raise UserError(f"{manifest}, line {line}: empty path or label")
-        split = row.get("split") or None
-        if split not in (None, "train", "val", "test"):
-            raise UserError(f"{manifest}, line {line}: split {split!r} must be train, val or test (or empty)")
-        path = Path(row["path"])
-        path = path if path.is_absolute() else manifest.parent / path
-        if not path.is_file():
-            skipped.append((str(path), "file not found"))
+    for row in read_manifest(manifest, "data.images.manifest", "group, split"):
+        if not row.path.is_file():
+            skipped.append((str(row.path), "file not found"))
             continue
-        samples.append(ImageSample(id=row["path"], label=row["label"], path=path, group=row.get("group") or row["path"], split=split))
+        samples.append(ImageSample(id=row.name, label=row.label, path=row.path, group=row.cells.get("group") or row.name, split=row.split))
     if len({s.label for s in samples}) < 2:
         raise UserError(f"{manifest}: images of {len({s.label for s in samples})} class(es) found; at least two are needed")
     return ImageIngest(samples, skipped)

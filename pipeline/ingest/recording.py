@@ -17,6 +17,8 @@ class Recording:
         signal: float32 array of shape (channels, samples).
         fs: sample rate in Hz.
         condition: operating condition (rpm, load, ...) and other per-recording facts.
+        unit: the physical recording the split keeps together (default: `id`; a manifest's
+            recording column can join several files, e.g. segments of one run).
     """
 
     id: str
@@ -24,8 +26,11 @@ class Recording:
     signal: np.ndarray
     fs: float
     condition: dict[str, float | str] = field(default_factory=dict)
+    unit: str = ""
 
     def __post_init__(self) -> None:
+        if not self.unit:
+            object.__setattr__(self, "unit", self.id)
         if self.signal.ndim != 2:
             raise ValueError(f"Recording {self.id}: signal must be (channels, samples), got shape {self.signal.shape}")
 

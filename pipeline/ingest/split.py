@@ -83,28 +83,109 @@ def split_by_recording(recordings: Sequence[Any], config: SplitConfig) -> Split:
     repeated = [i for i, c in Counter(r.id for r in recordings).items() if c > 1]
     if repeated:
         raise LeakageError(f"recording ids must be unique; repeated: {repeated[:5]}")
-    return split_units(recordings, config, unit=lambda r: r.id, noun="recording")
+    return split_units(recordings, config, unit=lambda r: getattr(r, "unit", r.id), noun="recording")
 
 
-def split_given(items: Sequence[Any], *, unit: Callable[[Any], str]) -> Split:
-    """The split named by each item's `.split` (a manifest's split column).
+def split_given(items: Sequence[Any], *, unit: Callable[[Any], str], split_of: Callable[[Any], str | None] = lambda i: i.split) -> Split:
+    """The split named by each item (a manifest's split column).
 
     Raises:
-        UserError: some items have no split, or a split lacks a class the training split lacks.
+        UserError: some items have no split, a split is empty, or val/test hold a class train lacks.
+        LeakageError: one unit (recording, part) is named in two splits.
     """
-    missing = [i.id for i in items if i.split not in SPLIT_NAMES]
+    missing = [i.id for i in items if split_of(i) not in SPLIT_NAMES]
     if missing:
         raise UserError(f"the manifest's split column is empty for {len(missing)} row(s), e.g. {missing[:3]}; fill it for every row or drop the column")
-    split = Split(**{name: tuple(i for i in items if i.split == name) for name in SPLIT_NAMES})
+    split = Split(**{name: tuple(i for i in items if split_of(i) == name) for name in SPLIT_NAMES})
+    for name in ("val", "test"):
+        if not split.parts()[name]:
+            raise UserError(f"the manifest's split column names no {name} row; at least one is needed")
+    _labels_seen_in_train(split, "the manifest's split column")
+    assert_disjoint(split, unit)
+    return split
+
+
+def _labels_seen_in_train(split: Split, how: str) -> None:
     train_labels = {i.label for i in split.train}
     for name in ("val", "test"):
         extra = sorted({i.label for i in split.parts()[name]} - train_labels)
         if extra:
-            raise UserError(f"labels {extra} are in the {name} split but not in train; the model cannot learn them")
-        if not split.parts()[name]:
-            raise UserError(f"the manifest's split column names no {name} row; at least one is needed")
-    assert_disjoint(split, unit)
+            raise UserError(f"labels {extra} are in the {name} split but not in train ({how}); the model cannot learn them: add training recordings of them or change the split")
+
+
+def _in_test(value: Any, config: SplitConfig) -> bool:
+    if config.test_range is not None:
+        try:
+            return config.test_range[0] <= float(value) <= config.test_range[1]
+        except (TypeError, ValueError):
+            return False
+    return any(_same(value, v) for v in config.test_values or ())
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def split_by_condition(recordings: Sequence[Any], config: SplitConfig) -> Split:
+    """Cross-condition split: test = the recordings whose `config.condition` value is held out
+    (`test_values` or `test_range`); validation = `config.val` of the other recordings' units,
+    stratified by class; train = the rest.
+
+    Raises:
+        UserError: a recording lacks the condition (the message lists the ones it has), nothing or
+            everything is held out, or the test split holds a class train lacks.
+    """
+    key = config.condition
+    assert key is not None  # checked by the schema
+    lacking = [r for r in recordings if key not in r.condition]
+    if lacking:
+        have = sorted(k for k in lacking[0].condition if k != "file")
+        raise UserError(f"data.split.condition: recording {lacking[0].id!r} has no {key!r}; its conditions are {have} (a manifest can add a {key} column)")
+    held = f"test_values {list(config.test_values)}" if config.test_values is not None else f"test_range {list(config.test_range or ())}"
+    test = [r for r in recordings if _in_test(r.condition[key], config)]
+    rest = [r for r in recordings if not _in_test(r.condition[key], config)]
+    values = sorted({str(r.condition[key]) for r in recordings})
+    if not test or not rest:
+        raise UserError(f"data.split.{held} holds out {'no' if not test else 'every'} recording; the values of {key!r} are {values[:20]}")
+    units: dict[str, list[Any]] = {}
+    for r in rest:
+        units.setdefault(r.unit, []).append(r)
+    rng = np.random.default_rng(config.seed)
+    train: list[Any] = []
+    val: list[Any] = []
+    for label in sorted({r.label for r in rest}):
+        mine = sorted(u for u, rs in units.items() if rs[0].label == label)
+        n_val = max(1, int(round(config.val / (config.train + config.val) * len(mine))))
+        if len(mine) - n_val < 1:
+            raise UserError(f"class {label!r} has {len(mine)} recording(s) outside the held-out {key}; at least 2 are needed for train and validation")
+        order = rng.permutation(len(mine))
+        for i, j in enumerate(order):
+            (val if i < n_val else train).extend(units[mine[j]])
+    split = Split(tuple(train), tuple(val), tuple(test))
+    _labels_seen_in_train(split, f"split by {key}")
+    assert_disjoint(split, lambda r: r.unit)
     return split
+
+
+def split_recordings(recordings: Sequence[Any], config: SplitConfig, *, official_test: bool = False) -> Split:
+    """The configured split of signal recordings (`official_test`: the source marks a test part, as UCR does).
+
+    `by: auto` uses the source's own split (a manifest's split column, UCR's test file) when it has
+    one, else splits by recording.
+    """
+    named = any(r.condition.get("split") in SPLIT_NAMES for r in recordings) and not official_test
+    if config.by == "condition":
+        return split_by_condition(recordings, config)
+    if config.by == "column" or (config.by == "auto" and named):
+        if not named:
+            raise UserError("data.split.by is 'column' but the recordings carry no split column; add a split column (train/val/test) to the manifest or use by: recording")
+        return split_given(recordings, unit=lambda r: r.unit, split_of=lambda r: r.condition.get("split"))
+    if config.by == "auto" and official_test:
+        return split_official_test(recordings, config, unit=lambda r: r.unit, noun="series")
+    return split_by_recording(recordings, config)
 
 
 def split_official_test(items: Sequence[Any], config: SplitConfig, *, unit: Callable[[Any], str], noun: str) -> Split:
