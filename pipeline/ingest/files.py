@@ -125,7 +125,7 @@ def _table(columns: list[str], values: np.ndarray, file: Path) -> SignalFile:
             steps = np.diff(values[:, i].astype(np.float64))
             if len(steps) == 0 or np.median(steps) <= 0:
                 raise UserError(f"{file}: time column {columns[i]!r} does not increase; fix it or remove it")
-            fs = float(1.0 / np.median(steps))
+            fs = round(float(1.0 / np.median(steps)), 6)  # 1/0.000125 is 7999.999999999993
             keep.remove(i)
             break
     data = np.ascontiguousarray(values[:, keep].T, dtype=np.float32)

@@ -111,6 +111,6 @@ def read_folder(config: FolderConfig, report: dict[str, list[str]] | None = None
     if len(channels) > 1:
         raise UserError(f"{source}: the recordings have different numbers of channels {channels}; select the same channels for every file (data.folder.channel or the manifest's channels column)")
     rates = sorted({r.fs for r in recordings})
-    if len(rates) > 1:
+    if rates[-1] - rates[0] > 1e-6 * rates[-1]:
         raise UserError(f"the files have different sample rates {rates} Hz; set data.folder.fs and data.folder.resample: true")
     return recordings
