@@ -1,4 +1,4 @@
-"""The `pipeline` command: run a job, predict with a registered model, open the MLflow UI.
+"""The `pipeline` command: run a job, predict with or serve a registered model, open the MLflow UI.
 
 User errors (config, arguments, input files) print one message and exit with code 2.
 """
@@ -83,6 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_uri(promote)
     promote.set_defaults(func=cmd_models_promote)
 
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP (FastAPI + uvicorn, micro-batching, Prometheus metrics)",
+        description=(
+            "Serve MODEL: POST /v1/predict/signal (JSON or float32 bytes) or /v1/predict/image (PNG/JPEG or "
+            "multipart), GET /v1/model, /healthz, /readyz, /metrics, POST /v1/admin/reload. The API key, when "
+            "wanted, comes from the environment variable PIPELINE_API_KEY (never from the command line)."
+        ),
+    )
+    serve.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
+    _add_tracking_uri(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-batch", type=int, default=32, help="most windows/images per model run (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for others to join its batch (default 5)")
+    serve.add_argument("--no-batching", action="store_true", help="run every request on its own")
+    serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the measured best, see docs/deploy.md)")
+    serve.add_argument("--max-body-mb", type=float, default=16.0, help="largest accepted request body in MB (default 16)")
+    serve.add_argument("--resample", action="store_true", help="resample signals sent at another rate instead of refusing them")
+    serve.add_argument("--protect-predict", action="store_true", help="require the API key for predict too (reload always requires it)")
+    serve.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="execution provider (auto: CUDA when usable)")
+    serve.set_defaults(func=cmd_serve)
+
     ui = sub.add_parser(
         "ui",
         help="open the MLflow UI on this project's store",
@@ -165,6 +188,41 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
     from pipeline.registry import promote
 
     print(promote(_registry_client(args.tracking_uri), args.name, args.version, args.alias))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from deploy.inferencer import choose_providers
+    from deploy.service import ServiceSettings, create_app
+
+    for name, value, low in (("--max-batch", args.max_batch, 1), ("--port", args.port, 1), ("--max-body-mb", args.max_body_mb, 0.001)):
+        if value < low:
+            raise UserError(f"{name} must be at least {low}, got {value}")
+    if args.max_wait_ms < 0:
+        raise UserError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    api_key = os.environ.get("PIPELINE_API_KEY") or None
+    if args.protect_predict and not api_key:
+        raise UserError("--protect-predict needs an API key: set the environment variable PIPELINE_API_KEY")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServiceSettings(
+        model=args.model,
+        tracking_uri=args.tracking_uri,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        batching=not args.no_batching,
+        api_key=api_key,
+        protect_predict=args.protect_predict,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        resample=args.resample,
+        threads=args.threads,
+        providers=choose_providers(args.device),
+    )
+    app = create_app(settings, preload=True)  # a bad model fails here with exit code 2, before the port opens
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
     return 0
 
 
