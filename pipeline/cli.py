@@ -83,6 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_uri(promote)
     promote.set_defaults(func=cmd_models_promote)
 
+    export = sub.add_parser(
+        "export",
+        help="derive INT8/FP16 variants and a Triton repository from an exported model",
+        description=(
+            "Take MODEL (an .onnx file or models:/NAME@ALIAS written by `pipeline run`), check it, and write the "
+            "requested variants next to a copy of it in --out, each tested on the test split of CONFIG's data "
+            "against the FP32 model (accuracy change and speed-up), and/or a Triton model repository."
+        ),
+    )
+    export.add_argument("config", metavar="CONFIG", help="the job file the model was trained with (its data gives calibration and test inputs)")
+    export.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, as in `pipeline run`")
+    export.add_argument("--variant", action="append", default=[], choices=["int8", "fp16"], help="int8 (CPU) and/or fp16 (GPU); repeatable")
+    export.add_argument("--triton", metavar="DIR", default=None, help="write a Triton Inference Server model repository into DIR")
+    export.add_argument("--out", metavar="DIR", default="artifacts/export", help="where the variants go (default artifacts/export)")
+    export.add_argument("--max-accuracy-drop", type=float, default=None, help="points of test accuracy a variant may lose (default: the config's export.max_accuracy_drop)")
+    _add_tracking_uri(export)
+    export.set_defaults(func=cmd_export)
+
     serve = sub.add_parser(
         "serve",
         help="serve a model over HTTP (FastAPI + uvicorn, micro-batching, Prometheus metrics)",
@@ -189,6 +208,56 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
     print(promote(_registry_client(args.tracking_uri), args.name, args.version, args.alias))
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from deploy.inferencer import OnnxInferencer
+    from deploy.variants import build_variants, write_triton_repository
+    from pipeline.config import load_config
+    from pipeline.data import prepare_data
+
+    if not args.variant and not args.triton:
+        raise UserError("nothing to do: give --variant int8, --variant fp16 and/or --triton DIR")
+    cfg = load_config(args.config, args.overrides)
+    inferencer = OnnxInferencer.from_uri(args.model, tracking_uri=args.tracking_uri)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / "model.onnx"
+    if inferencer.path.resolve() != model_path.resolve():
+        shutil.copyfile(inferencer.path, model_path)
+    print(f"model: {args.model} -> {model_path}")
+    notes: list[str] = []
+    refused: list[str] = []
+    if args.variant:
+        data = prepare_data(cfg, echo=lambda line: print(line))
+        if list(data.classes) != list(inferencer.classes):
+            raise UserError(f"the model's classes {inferencer.classes} differ from the data's {data.classes}; give the config the model was trained with")
+
+        def inputs(split: str) -> np.ndarray:
+            x = data.windows[split].x
+            return (inferencer.transform.normalise(torch.as_tensor(np.asarray(x))) if inferencer.is_image else inferencer.transform(np.asarray(x))).numpy()
+
+        train = inputs("train")
+        pick = np.sort(np.random.default_rng(0).permutation(len(train))[: cfg.export.calibration_inputs])
+        drop = cfg.export.max_accuracy_drop if args.max_accuracy_drop is None else args.max_accuracy_drop
+        reports = build_variants(model_path, list(dict.fromkeys(args.variant)), calibration=train[pick], test_inputs=inputs("test"), test_labels=np.asarray(data.windows["test"].y), tolerance_points=drop)
+        refused = [r.kind for r in reports if not r.accepted]
+        if refused:
+            for r in reports:
+                if not r.accepted:
+                    r.path.unlink(missing_ok=True)
+            notes.append(f"removed {refused}: they lose more than {drop:g} points of test accuracy")
+    if args.triton:
+        folder = write_triton_repository(model_path, Path(args.triton), name=cfg.tracking.registered_model)
+        notes.append(f"Triton repository: {folder} (run: tritonserver --model-repository {args.triton}; see docs/deploy.md)")
+    for note in notes:
+        print(note)
+    return 1 if args.variant and refused else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

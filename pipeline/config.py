@@ -391,6 +391,10 @@ class ExportConfig(Section):
     dir: Path = Field(Path("artifacts"), description="where ONNX files and checkpoints are written")
     opset: int = Field(17, ge=17, le=23)
     tolerance: float = Field(1e-4, gt=0, description="max |logit difference| ONNX Runtime vs PyTorch (per unit of logit above 1)")
+    variants: tuple[Literal["int8", "fp16"], ...] = Field((), description="also write INT8 (CPU) and/or FP16 (GPU) variants, checked on the test set")
+    max_accuracy_drop: float = Field(1.0, ge=0, le=100, description="a variant losing more test accuracy than this (points) is not registered")
+    calibration_inputs: int = Field(256, ge=8, le=100_000, description="training inputs that calibrate the INT8 activations")
+    triton_dir: Path | None = Field(None, description="also write a Triton Inference Server model repository here")
 
 
 class JobConfig(Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,7 @@ class JobResult:
     registration: Registration
     tracking_uri: str
     is_image: bool = False
+    export_notes: list[str] = field(default_factory=list)  # variants and Triton repository
 
     @property
     def aggregates(self) -> list[Aggregate]:
@@ -137,7 +138,44 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
             },
         )
         mlflow.set_tags({"registered_version": registration.version, "registered_alias": registration.alias})
-    return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri, data.is_image)
+        notes = export_extras(cfg, onnx_path, data, tags={"data_hash": data_hash, "job": cfg.name, "run_id": parent_id, "strategy": best.strategy}, echo=echo)
+    return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri, data.is_image, notes)
+
+
+def export_extras(cfg: JobConfig, onnx_path: Path, data: PreparedData, *, tags: dict[str, str], echo: Callable[[str], None]) -> list[str]:
+    """The configured INT8/FP16 variants (checked on the test set; registered as `<model>-<kind>`
+    only when they lose at most `export.max_accuracy_drop` points) and the Triton repository."""
+    import mlflow
+
+    from deploy.variants import build_variants, write_triton_repository
+
+    notes: list[str] = []
+    if cfg.export.variants:
+        echo(f"  variants {', '.join(cfg.export.variants)}: calibrated on training inputs, checked on the {len(data.windows['test'])} test inputs")
+        train = data.images["train"]
+        pick = np.sort(np.random.default_rng(0).permutation(len(train))[: cfg.export.calibration_inputs])
+        reports = build_variants(
+            onnx_path, list(cfg.export.variants), calibration=train[torch.from_numpy(pick)].numpy(), test_inputs=data.images["test"].numpy(),
+            test_labels=np.asarray(data.windows["test"].y), tolerance_points=cfg.export.max_accuracy_drop, echo=echo,
+        )
+        for report in reports:
+            mlflow.log_metrics({
+                f"{report.kind}_test_accuracy": report.accuracy, f"{report.kind}_accuracy_drop_points": report.drop_points,
+                f"{report.kind}_agreement": report.agreement, f"{report.kind}_speedup_batch1": report.speedup_batch1,
+                f"{report.kind}_speedup_batch32": report.speedup_batch32,
+            })
+            if not report.accepted:
+                notes.append(f"{report.kind}: not registered, it loses {report.drop_points:.2f} points (> export.max_accuracy_drop {cfg.export.max_accuracy_drop:g})")
+                continue
+            reg = register_onnx(
+                report.path, data.images["test"][:2].numpy(), name=f"{cfg.tracking.registered_model}-{report.kind}", alias=cfg.tracking.alias,
+                score=report.accuracy, tags={**tags, "test_accuracy_fp32": f"{report.reference_accuracy:.6f}", "variant": report.kind}, artifact=f"model-{report.kind}",
+            )
+            notes.append(f"{report.kind}: {report.path} registered as models:/{reg.name}/{reg.version} ({report.accuracy:.4f} test accuracy, {-report.drop_points:+.2f} points, {report.speedup_batch1:.2f}x at batch 1 on this CPU)")
+    if cfg.export.triton_dir is not None:
+        folder = write_triton_repository(onnx_path, cfg.export.triton_dir, name=cfg.tracking.registered_model)
+        notes.append(f"Triton repository: {folder} (tritonserver --model-repository {cfg.export.triton_dir})")
+    return notes
 
 
 def data_channels(cfg: JobConfig) -> list[int | str]:
@@ -354,6 +392,8 @@ def summary(result: JobResult) -> str:
     lines.append(f"               {result.parity}")
     lines.append(f"registered:    models:/{reg.name}/{reg.version}, alias '{reg.alias}' -> version {reg.version} ({reg.uri})")
     lines.append(f"               {reg.reason}")
+    for note in result.export_notes:
+        lines.append(f"export:        {note}")
     if is_local_store(result.tracking_uri):
         lines.append(f"MLflow UI:     pipeline ui    (= mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000)")
     else:

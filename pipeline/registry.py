@@ -51,7 +51,7 @@ def decide_alias(client: Any, name: str, version: str, score: float, data_hash: 
     return CHALLENGER, f"{COMPARE_METRIC} {score:.4f} does not beat version {current.version}'s {float(held):.4f}"
 
 
-def register_onnx(onnx_path: Path, example: Any, *, name: str, alias: str, tags: dict[str, str], score: float) -> Registration:
+def register_onnx(onnx_path: Path, example: Any, *, name: str, alias: str, tags: dict[str, str], score: float, artifact: str = "model") -> Registration:
     """Log the ONNX model to the active run, register a new version, tag it, and set its alias.
 
     Args:
@@ -61,6 +61,7 @@ def register_onnx(onnx_path: Path, example: Any, *, name: str, alias: str, tags:
         alias: the alias to move on improvement (usually ``champion``).
         tags: version tags (must include ``data_hash``).
         score: the version's test accuracy, compared with the alias holder's.
+        artifact: the logged model's name in the run (one per variant).
     """
     import mlflow
     import mlflow.onnx
@@ -73,7 +74,7 @@ def register_onnx(onnx_path: Path, example: Any, *, name: str, alias: str, tags:
     logits = create_session(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": example})[0]
     info = mlflow.onnx.log_model(
         onnx.load(str(onnx_path)),
-        name="model",
+        name=artifact,
         registered_model_name=name,
         signature=infer_signature(example, logits),
         input_example=example,

@@ -1,0 +1,212 @@
+"""Deployment variants of an exported model: INT8 (static quantisation calibrated on training
+inputs), FP16 (for GPUs), each checked on the test set against the FP32 model, and a Triton
+Inference Server model repository."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from deploy.onnx_export import INPUT_NAME, OUTPUT_NAME
+from pipeline.errors import ExportError
+
+VARIANTS = ("int8", "fp16")
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    """A variant against its FP32 model on the same test inputs."""
+
+    kind: str
+    path: Path
+    accuracy: float
+    reference_accuracy: float
+    agreement: float  # fraction of test inputs with the same predicted class as FP32
+    speedup_batch1: float  # FP32 time / variant time, median of interleaved rounds
+    speedup_batch32: float
+    tolerance_points: float
+
+    @property
+    def drop_points(self) -> float:
+        return 100.0 * (self.reference_accuracy - self.accuracy)
+
+    @property
+    def accepted(self) -> bool:
+        return self.drop_points <= self.tolerance_points
+
+    def __str__(self) -> str:
+        verdict = "accepted" if self.accepted else f"REFUSED (loses more than {self.tolerance_points:g} points)"
+        return (
+            f"{self.kind}: test accuracy {self.accuracy:.4f} vs FP32 {self.reference_accuracy:.4f} "
+            f"({0.0 - self.drop_points + 0.0:+.2f} points), same class as FP32 on {100 * self.agreement:.1f} % of inputs, "
+            f"speed-up on this CPU {self.speedup_batch1:.2f}x at batch 1, {self.speedup_batch32:.2f}x at batch 32: {verdict}"
+        )
+
+
+def _with_metadata(src: onnx.ModelProto, dst: Path, extra: dict[str, Any]) -> None:
+    """Copy the FP32 model's metadata (classes, transform, ...) into the variant and mark it."""
+    model = onnx.load(str(dst))
+    keep = {p.key: p.value for p in src.metadata_props}
+    keep.update({k: json.dumps(v) for k, v in extra.items()})
+    del model.metadata_props[:]
+    for key, value in keep.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(dst))
+
+
+def make_int8(src: Path, dst: Path, calibration: np.ndarray, *, batch: int = 16) -> Path:
+    """Static QDQ quantisation, per-channel weights, activations calibrated on `calibration`
+    (real training inputs of the network, (N, C, H, W))."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT_NAME: np.ascontiguousarray(calibration[i : i + batch], dtype=np.float32)} for i in range(0, len(calibration), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+        )
+    _with_metadata(onnx.load(str(src)), dst, {"variant": {"kind": "int8", "calibration_inputs": int(len(calibration))}})
+    return dst
+
+
+def make_fp16(src: Path, dst: Path) -> Path:
+    """Weights and arithmetic in float16, inputs and outputs kept float32 (for GPUs; CPUs emulate it)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    _with_metadata(onnx.load(str(src)), dst, {"variant": {"kind": "fp16"}})
+    return dst
+
+
+def _session(path: Path, threads: int) -> Any:
+    from deploy.inferencer import create_session
+
+    return create_session(path, providers=["CPUExecutionProvider"], threads=threads)
+
+
+def _predict(session: Any, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    out = [session.run([OUTPUT_NAME], {INPUT_NAME: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
+    return np.concatenate(out).argmax(1)
+
+
+def _speedup(reference: Any, candidate: Any, inputs: np.ndarray, batch: int, rounds: int) -> float:
+    x = np.ascontiguousarray(inputs[:batch])
+    ratios = []
+    for _ in range(rounds):  # interleaved: the machine's noise hits both alike
+        times = []
+        for session in (reference, candidate):
+            start = time.perf_counter()
+            for _ in range(max(1, 32 // batch)):
+                session.run([OUTPUT_NAME], {INPUT_NAME: x})
+            times.append(time.perf_counter() - start)
+        ratios.append(times[0] / times[1])
+    return float(statistics.median(ratios))
+
+
+def evaluate_variant(kind: str, reference: Path, candidate: Path, inputs: np.ndarray, labels: np.ndarray, *, tolerance_points: float, rounds: int = 5, threads: int = 1) -> VariantReport:
+    """Accuracy of both models on the test inputs, prediction agreement, and interleaved speed."""
+    ref, cand = _session(reference, threads), _session(candidate, threads)
+    x = np.ascontiguousarray(inputs, dtype=np.float32)
+    p_ref, p_cand = _predict(ref, x), _predict(cand, x)
+    return VariantReport(
+        kind=kind,
+        path=candidate,
+        accuracy=float(np.mean(p_cand == labels)),
+        reference_accuracy=float(np.mean(p_ref == labels)),
+        agreement=float(np.mean(p_cand == p_ref)),
+        speedup_batch1=_speedup(ref, cand, x, 1, rounds),
+        speedup_batch32=_speedup(ref, cand, x, min(32, len(x)), rounds),
+        tolerance_points=tolerance_points,
+    )
+
+
+def build_variants(
+    onnx_path: Path, kinds: list[str], *, calibration: np.ndarray, test_inputs: np.ndarray, test_labels: np.ndarray, tolerance_points: float, echo: Any = print
+) -> list[VariantReport]:
+    """Write `model.<kind>.onnx` next to `onnx_path` for each kind and check it on the test set."""
+    reports = []
+    for kind in kinds:
+        if kind not in VARIANTS:
+            raise ExportError(f"unknown variant {kind!r}; choose from {list(VARIANTS)}")
+        dst = onnx_path.with_name(f"{onnx_path.stem}.{kind}.onnx")
+        start = time.perf_counter()
+        make_int8(onnx_path, dst, calibration) if kind == "int8" else make_fp16(onnx_path, dst)
+        report = evaluate_variant(kind, onnx_path, dst, test_inputs, test_labels, tolerance_points=tolerance_points)
+        echo(f"  {report} ({time.perf_counter() - start:.1f} s)")
+        reports.append(report)
+    return reports
+
+
+def triton_config(name: str, input_shape: list[int], n_classes: int, *, max_batch: int = 64, gpu: bool = True) -> str:
+    """A Triton `config.pbtxt` for this project's ONNX models (dynamic batch axis first)."""
+    dims = ", ".join(str(d) for d in input_shape)
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    return f"""name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+input [
+  {{
+    name: "{INPUT_NAME}"
+    data_type: TYPE_FP32
+    dims: [ {dims} ]
+  }}
+]
+output [
+  {{
+    name: "{OUTPUT_NAME}"
+    data_type: TYPE_FP32
+    dims: [ {n_classes} ]
+    label_filename: "labels.txt"
+  }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {", ".join(str(b) for b in sorted({min(8, max_batch), min(32, max_batch)}))} ]
+  max_queue_delay_microseconds: 2000
+}}
+instance_group [
+  {{
+    count: 1
+    kind: {kind}
+  }}
+]
+"""
+
+
+def write_triton_repository(onnx_path: Path, repository: Path, *, name: str, version: int = 1, max_batch: int = 64, gpu: bool = True) -> Path:
+    """`repository/<name>/config.pbtxt`, `labels.txt`, `<version>/model.onnx` and the model's
+    metadata as `metadata.json` (the transform the client must apply before sending images)."""
+    model = onnx.load(str(onnx_path))
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:]
+    if not dims or any(d <= 0 for d in dims):
+        raise ExportError(f"{onnx_path}: the input needs fixed channel, height and width after the batch axis, got {dims}")
+    classes = meta.get("classes")
+    if not classes:
+        raise ExportError(f"{onnx_path} has no class names in its metadata; export it with `pipeline run`")
+    folder = repository / name
+    (folder / str(version)).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, folder / str(version) / "model.onnx")
+    (folder / "config.pbtxt").write_text(triton_config(name, dims, len(classes), max_batch=max_batch, gpu=gpu))
+    (folder / "labels.txt").write_text("\n".join(classes) + "\n")
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=2))
+    return folder
