@@ -170,10 +170,13 @@ def test_one_channel_job_split_by_condition_exports_what_the_service_reproduces(
     job["transform"].update({"level": "train", "normalise": "train"})
     job["model"] = {"in_channels": 1}
     job["train"]["strategies"] = [{"name": "finetune", "lr": 1e-3}]
+    job["export"] = {"variants": ["int8"], "max_accuracy_drop": 100, "triton_dir": str(tmp_path / "triton")}
     cfg_path = write_config(tmp_path / "grey.yaml", job)
     proc = run_cli("run", str(cfg_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "fitted on the training split: level" in proc.stdout
+    assert re.search(r"export:\s+int8: \S+model.int8.onnx registered as models:/tiny-fault-int8/1", proc.stdout), proc.stdout
+    assert (tmp_path / "triton" / "tiny-fault" / "config.pbtxt").is_file() and "dims: [ 1, 32, 32 ]" in (tmp_path / "triton" / "tiny-fault" / "config.pbtxt").read_text()
     onnx_path = tmp_path / re.search(r"ONNX model:\s+(\S+)", proc.stdout).group(1)
     inferencer = OnnxInferencer(onnx_path)
     meta = inferencer.metadata
