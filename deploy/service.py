@@ -101,7 +101,7 @@ class Metrics:
 
 @dataclass
 class _Job:
-    inputs: np.ndarray  # raw windows (n, C, L), or network inputs of images (n, C, S, S)
+    inputs: Any  # raw windows (n, C, L) as an array, or decoded images as a list
     kind: str  # "windows" or "images"
     enqueued: float
     future: asyncio.Future = field(repr=False)  # type: ignore[type-arg]
@@ -111,7 +111,7 @@ class Batcher:
     """Gathers concurrent requests into batches of at most `max_batch` samples and runs each batch
     in one worker thread (the event loop stays free to accept requests meanwhile)."""
 
-    def __init__(self, run: Callable[[str, np.ndarray], np.ndarray], *, max_batch: int, max_wait_ms: float, enabled: bool, metrics: Metrics) -> None:
+    def __init__(self, run: Callable[[str, Any], np.ndarray], *, max_batch: int, max_wait_ms: float, enabled: bool, metrics: Metrics) -> None:
         self.run, self.max_batch, self.max_wait, self.enabled, self.metrics = run, max_batch, max_wait_ms / 1000, enabled, metrics
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -130,7 +130,7 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, kind: str, inputs: np.ndarray) -> np.ndarray:
+    async def submit(self, kind: str, inputs: Any) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(_Job(inputs, kind, time.perf_counter(), future))
         return await future
@@ -164,7 +164,12 @@ class Batcher:
         start = time.perf_counter()
         for job in batch:
             self.metrics.queue_time.observe(start - job.enqueued)
-        inputs = np.concatenate([job.inputs for job in batch]) if len(batch) > 1 else batch[0].inputs
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        elif batch[0].kind == "windows":
+            inputs = np.concatenate([job.inputs for job in batch])
+        else:
+            inputs = [image for job in batch for image in job.inputs]
         self.metrics.batch_size.observe(len(inputs))
         self.metrics.batch_requests.observe(len(batch))
         try:
@@ -192,18 +197,23 @@ class ModelHolder:
 
     def load(self, source: str) -> OnnxInferencer:
         inferencer = OnnxInferencer.from_uri(source, tracking_uri=self.settings.tracking_uri, providers=self.settings.providers, threads=self.settings.threads)
+        if self.settings.threads is None and inferencer.metadata.get("variant", {}).get("kind") == "int8":
+            # Measured (benchmarks/RESULTS.md): INT8 ran as fast on 1 thread as on 2 at batch 32 and
+            # twice as fast at batch 1; one thread leaves the other core to HTTP and the transform.
+            inferencer = OnnxInferencer(inferencer.path, providers=self.settings.providers, threads=1)
         warm_up(inferencer)
         return inferencer
 
     def swap(self, inferencer: OnnxInferencer, source: str) -> None:
         self.inferencer, self.source, self.ready = inferencer, source, True
 
-    def run(self, kind: str, inputs: np.ndarray) -> np.ndarray:
+    def run(self, kind: str, inputs: Any) -> np.ndarray:
+        """One batch: the transform and the network each run once on all of it."""
         inferencer = self.inferencer  # one reference for the whole batch, even if a reload lands now
         assert inferencer is not None
         if kind == "windows":
             return inferencer.predict_windows(inputs)
-        return inferencer.predict_inputs(inputs)
+        return inferencer.predict_images(inputs)
 
 
 def warm_up(inferencer: OnnxInferencer) -> None:
@@ -336,6 +346,38 @@ def signal_answer(inferencer: OnnxInferencer, probs: np.ndarray) -> dict[str, An
 # ----------------------------------------------------------------------------- the app
 
 
+class MeasureMiddleware:
+    """Counts requests by route and status, errors by field, and latency (plain ASGI: Starlette's
+    BaseHTTPMiddleware costs far more per request)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        seen: dict[str, Any] = {"status": 500, "field": ""}
+
+        async def watch(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                seen["field"] = next((v.decode() for k, v in message.get("headers", []) if k == b"x-error-field"), "")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")  # known routes only: no label per random URL
+            if endpoint.startswith("/v1/") or endpoint == "unmatched":
+                self.metrics.requests.labels(endpoint, str(seen["status"])).inc()
+                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+                if seen["status"] >= 400:
+                    self.metrics.errors.labels(endpoint, seen["field"]).inc()
+
+
 def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
     """The FastAPI app; the model loads (and warms up) before /readyz says ready.
 
@@ -381,22 +423,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return JSONResponse({"error": {"field": where, "message": first.get("msg", "invalid request")}}, status_code=422, headers={"x-error-field": where})
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:  # noqa: BLE001 - a bug must not take the process down; logged with its traceback
-            log.exception("unhandled error on %s", request.url.path)
-            response = JSONResponse({"error": {"field": "server", "message": "internal error; see the service log"}}, status_code=500)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")  # known routes only: no label per random URL
-        if endpoint.startswith("/v1/") or endpoint == "unmatched":
-            metrics.requests.labels(endpoint, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-            if response.status_code >= 400:
-                metrics.errors.labels(endpoint, response.headers.get("x-error-field", "")).inc()
-        return response
+    app.add_middleware(MeasureMiddleware, metrics=metrics)
 
     def _authorise(request: Request, required: bool) -> None:
         if not required:
@@ -451,8 +478,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
                 images.append(decode_image(data))
             except ValueError as exc:
                 raise ApiError(422, "file" if name != "body" else "body", f"{name}: not a readable image ({exc}); send PNG, JPEG, BMP, TIFF or WebP bytes") from None
-        inputs = inferencer.transform(images).numpy()
-        probs = await state["batcher"].submit("images", inputs)
+        probs = await state["batcher"].submit("images", images)
         classes = inferencer.classes
         results = [{"file": name, "label": classes[int(p.argmax())], "probabilities": {c: float(v) for c, v in zip(classes, p)}} for (name, _), p in zip(payloads, probs)]
         return JSONResponse(results[0] if len(results) == 1 and payloads[0][0] == "body" else {"results": results})

@@ -48,30 +48,44 @@ class ImageTransform:
 
     def fit_size(self, image: np.ndarray) -> torch.Tensor:
         """One decoded image -> (3, S, S) in [0, 1] (grey replicated), before normalisation."""
-        arr = np.asarray(image, dtype=np.float32)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.ndim != 3 or arr.shape[2] not in (1, 3):
-            raise ValueError(f"an image must be (H, W) or (H, W, 3), got shape {arr.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]  # (1, C, H, W)
+        return self.fit_sizes([image])[0]
+
+    def fit_sizes(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Decoded images -> (N, 3, S, S) in [0, 1]; images of one shape are resized as one batch."""
+        out = torch.empty((len(images), 3, self.image_size, self.image_size), dtype=torch.float32)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        arrays = []
+        for i, image in enumerate(images):
+            arr = np.asarray(image, dtype=np.float32)
+            if arr.ndim == 2:
+                arr = arr[:, :, None]
+            if arr.ndim != 3 or arr.shape[2] not in (1, 3):
+                raise ValueError(f"an image must be (H, W) or (H, W, 3), got shape {arr.shape}")
+            arrays.append(arr)
+            groups.setdefault(arr.shape, []).append(i)
+        for members in groups.values():
+            x = torch.from_numpy(np.ascontiguousarray(np.stack([arrays[i] for i in members]).transpose(0, 3, 1, 2)))  # (n, C, H, W)
+            sized = self._sized(x)
+            out[members] = sized.expand(-1, 3, -1, -1) if sized.shape[1] == 1 else sized
+        return out
+
+    def _sized(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         s = self.image_size
         if self.policy == "resize":
-            x = _resize(x, s, s)
-        elif self.policy == "center_crop":
+            return _resize(x, s, s)
+        if self.policy == "center_crop":
             scale = s / min(h, w)
             x = _resize(x, max(s, round(h * scale)), max(s, round(w * scale)))
             top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
-            x = x[..., top : top + s, left : left + s]
-        else:
-            scale = s / max(h, w)
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-            x = _resize(x, nh, nw)
-            canvas = torch.full((1, x.shape[1], s, s), float(x.mean()))
-            top, left = (s - nh) // 2, (s - nw) // 2
-            canvas[..., top : top + nh, left : left + nw] = x
-            x = canvas
-        return x[0].expand(3, -1, -1).contiguous() if x.shape[1] == 1 else x[0].contiguous()
+            return x[..., top : top + s, left : left + s]
+        scale = s / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        x = _resize(x, nh, nw)
+        canvas = x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, x.shape[1], s, s).clone()  # pad with each image's mean
+        top, left = (s - nh) // 2, (s - nw) // 2
+        canvas[..., top : top + nh, left : left + nw] = x
+        return canvas
 
     def _channels(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.mean(dim=1, keepdim=True) if self.channels == 1 else batch.clone()
@@ -87,7 +101,7 @@ class ImageTransform:
     def __call__(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         if len(images) == 0:
             return torch.zeros((0, self.channels, self.image_size, self.image_size))
-        return self.normalise(torch.stack([self.fit_size(im) for im in images]))
+        return self.normalise(self.fit_sizes(images))
 
 
 def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
