@@ -105,6 +105,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
             "normalisation": {"mean": list(data.transform.mean), "std": list(data.transform.std)},
             "model": {
                 "name": cfg.tracking.registered_model,
+                "version": next_version(cfg.tracking.registered_model),
                 "backbone": cfg.model.backbone,
                 "strategy": best.strategy,
                 "seed": best.seed,
@@ -176,6 +177,19 @@ def export_extras(cfg: JobConfig, onnx_path: Path, data: PreparedData, *, tags: 
         folder = write_triton_repository(onnx_path, cfg.export.triton_dir, name=cfg.tracking.registered_model)
         notes.append(f"Triton repository: {folder} (tritonserver --model-repository {cfg.export.triton_dir})")
     return notes
+
+
+def next_version(name: str) -> str:
+    """The version number the registry will give this job's model (written into the ONNX metadata
+    before registering; a concurrent registration of the same name could take it first)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return "1"
+    return str(max((int(v.version) for v in versions), default=0) + 1)
 
 
 def data_channels(cfg: JobConfig) -> list[int | str]:

@@ -113,6 +113,7 @@ def test_onnx_matches_pytorch_on_real_inputs_and_alias_resolves(finished_job):
     version = client.get_model_version_by_alias("tiny-fault", "champion")
     assert f"models:/tiny-fault/{version.version}" in out
     assert version.tags["strategy"] == best and "data_hash" in version.tags and float(version.tags["test_accuracy"]) >= 0
+    assert meta["model"]["version"] == str(version.version) and meta["model"]["run_id"] in out
 
 
 def test_predict_classifies_signal_files(finished_job):
