@@ -93,9 +93,30 @@ def make_fp16(src: Path, dst: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    _sort_nodes(model.graph)  # the converter appends the input casts at the end; the checker wants order
     onnx.save(model, str(dst))
     _with_metadata(onnx.load(str(src)), dst, {"variant": {"kind": "fp16"}})
     return dst
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Reorder `graph.node` topologically (stable: nodes keep their order where they may)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ExportError(f"the graph has a cycle or a missing input among {[n.name for n in rest[:5]]}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _session(path: Path, threads: int) -> Any:
@@ -151,6 +172,10 @@ def build_variants(
         dst = onnx_path.with_name(f"{onnx_path.stem}.{kind}.onnx")
         start = time.perf_counter()
         make_int8(onnx_path, dst, calibration) if kind == "int8" else make_fp16(onnx_path, dst)
+        try:
+            onnx.checker.check_model(str(dst), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"ONNX checker rejected the {kind} variant {dst}: {exc}") from None
         report = evaluate_variant(kind, onnx_path, dst, test_inputs, test_labels, tolerance_points=tolerance_points)
         echo(f"  {report} ({time.perf_counter() - start:.1f} s)")
         reports.append(report)

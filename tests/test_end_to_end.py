@@ -211,3 +211,16 @@ def test_failed_export_marks_the_job_failed_and_keeps_checkpoints(tmp_path):
     status = {r.data.tags.get("strategy", "parent"): r.info.status for r in runs}
     assert status == {"parent": "FAILED", "scratch": "FINISHED", "finetune": "FINISHED"}
     assert {p.name for p in tmp_path.rglob("*.pt")} >= {"scratch.pt", "finetune.pt", "scratch.best.pt", "finetune.best.pt"}
+
+
+def test_export_command_writes_a_checked_int8_variant_and_a_triton_repository(finished_job):
+    work, cfg_path, _ = finished_job
+    proc = run_cli("export", str(cfg_path), "--model", "models:/tiny-fault@champion", "--variant", "int8", "--variant", "fp16", "--max-accuracy-drop", "100",
+                   "--triton", str(work / "triton"), "--out", str(work / "exported"), cwd=work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"int8: test accuracy [\d.]+ vs FP32 [\d.]+ .* speed-up on this CPU [\d.]+x at batch 1", proc.stdout)
+    variant = OnnxInferencer(work / "exported" / "model.int8.onnx")
+    assert variant.metadata["variant"]["kind"] == "int8" and variant.classes == list(SimulatorConfig().classes)
+    assert (work / "triton" / "tiny-fault" / "1" / "model.onnx").is_file()
+    nothing = run_cli("export", str(cfg_path), "--model", "models:/tiny-fault@champion", cwd=work)
+    assert nothing.returncode == 2 and "nothing to do" in nothing.stderr
