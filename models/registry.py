@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.errors import UserError
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -19,22 +21,34 @@ class Preprocessing:
     input_size: int
 
 
+class WeightsNotFoundError(UserError):
+    """Pretrained weights were requested but are not on disk (and cannot be downloaded)."""
+
+
 @dataclass(frozen=True)
 class BackboneEntry:
     builder: Callable[..., nn.Module]
     preprocessing: Preprocessing
+    head: str  # module path of the new classification head (replaced by the linear probe)
+    groups: Callable[[str], str]  # parameter name -> layer group (stem, stage<k>, ..., head)
 
 
 _BACKBONES: dict[str, BackboneEntry] = {}
 
 
-def register_backbone(name: str, preprocessing: Preprocessing) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a keyword-only builder ``fn(*, num_classes, pretrained, dropout) -> nn.Module``."""
+def register_backbone(name: str, preprocessing: Preprocessing, *, head: str, groups: Callable[[str], str]) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a keyword-only builder ``fn(*, num_classes, pretrained, dropout, weights_path) -> nn.Module``.
+
+    Args:
+        preprocessing: what the pretrained weights expect (mean, std, input size).
+        head: module path of the new head the builder puts in place.
+        groups: the layer group of each parameter, by name, in the order stem, stages, head.
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BACKBONES:
             raise ValueError(f"backbone {name!r} is already registered")
-        _BACKBONES[name] = BackboneEntry(fn, preprocessing)
+        _BACKBONES[name] = BackboneEntry(fn, preprocessing, head, groups)
         return fn
 
     return wrap
@@ -52,6 +66,33 @@ def _entry(name: str) -> BackboneEntry:
 
 def get_preprocessing(name: str) -> Preprocessing:
     return _entry(name).preprocessing
+
+
+def layer_groups(model: nn.Module, name: str) -> list[tuple[str, list[nn.Parameter]]]:
+    """The model's parameters by layer group, groups in network order (stem first, head last)."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    group_of = _entry(name).groups
+    for pname, param in model.named_parameters():
+        groups.setdefault(group_of(pname), []).append(param)
+    if "head" in groups:  # the head last, whatever order the module registered it in
+        groups["head"] = groups.pop("head")
+    return list(groups.items())
+
+
+def replace_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
+    """Put `module` at the dotted `path` (e.g. ``classifier.1``); returns the module it replaced."""
+    parent_path, _, leaf = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = model.get_submodule(path)
+    if leaf.isdigit():
+        parent[int(leaf)] = module  # type: ignore[index]
+    else:
+        setattr(parent, leaf, module)
+    return old
+
+
+def head_path(name: str) -> str:
+    return _entry(name).head
 
 
 def build_model(name: str, *, num_classes: int, pretrained: bool, in_channels: int = 3, **kwargs: Any) -> nn.Module:

@@ -59,8 +59,8 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     device = select_device(cfg.train.device)
     echo(f"[1/4] data: {cfg.data.source}, {cfg.transform.kind} inputs of {cfg.transform.image_size} px")
     data = prepare_data(cfg, echo)
-    if any(s.pretrained for s in cfg.train.strategies):
-        build_model(cfg.model.backbone, num_classes=2, pretrained=True)  # a missing weights file fails now, not after hours
+    if cfg.model.weights != "none" and any(s.pretrained for s in cfg.train.strategies):
+        build_model(cfg.model.backbone, num_classes=2, pretrained=True, weights_path=cfg.model.weights_path)  # a missing weights file fails now, not after hours
     try:
         cfg.export.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -223,7 +223,8 @@ def run_trial(
     import mlflow
 
     n_classes = len(data.classes)
-    weights = "imagenet" if strategy.pretrained else "random"
+    pretrained = strategy.pretrained and cfg.model.weights != "none"  # weights: none runs every strategy from random init
+    weights = ("imagenet" if cfg.model.weights_path is None else cfg.model.weights_path.name) if pretrained else "random"
     name = trial_name(cfg, strategy.name, fraction, seed)
     subset = train_subset(data.windows["train"], fraction, seed)
     tags = {"strategy": strategy.name, "weights": weights, "seed": str(seed), "train_fraction": f"{fraction:g}"}
@@ -231,7 +232,7 @@ def run_trial(
         mlflow.log_params({"strategy": strategy.name, "kind": strategy.kind, "lr": strategy.lr, "weights": weights, "backbone": cfg.model.backbone, "seed": seed, "train_fraction": fraction})
         mlflow.log_metric("train_windows_used", len(subset))
         seed_everything(seed)
-        model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=strategy.pretrained, dropout=cfg.model.dropout, in_channels=cfg.model.in_channels)
+        model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=pretrained, dropout=cfg.model.dropout, in_channels=cfg.model.in_channels, weights_path=cfg.model.weights_path if pretrained else None)
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             mlflow.log_metrics(row, step=epoch)
@@ -251,6 +252,7 @@ def run_trial(
             seed=seed,
             device=device,
             checkpoint=checkpoint_dir / f"{name}.pt",
+            backbone=cfg.model.backbone,
             on_epoch=on_epoch,
             augment=make_augment(cfg.train.augment, data.transform.std[0]),
         )

@@ -25,6 +25,7 @@ class TrainResult:
     best_epoch: int = -1
     best_score: float = -math.inf
     train_seconds: float = 0.0
+    stopped_epoch: int | None = None  # early stopping ended the training after this epoch
 
 
 def select_device(preference: str) -> torch.device:
@@ -56,23 +57,107 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, 
     return torch.cat(outs) if outs else torch.zeros((0, 0))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights only, never on norms and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "weights"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "norms_biases"},
-    ]
+def split_decay(params: list[tuple[str, nn.Parameter]], weight_decay: float, name: str, lr: float) -> list[dict[str, Any]]:
+    """Weight decay on weights only, never on norms and biases (1-D parameters)."""
+    decay = [p for _, p in params if p.ndim > 1]
+    no_decay = [p for _, p in params if p.ndim <= 1]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, "name": name, "lr": lr})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": f"{name}_norms_biases", "lr": lr})
+    return groups
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+def param_groups(model: nn.Module, weight_decay: float, lr: float = 1e-3) -> list[dict[str, Any]]:
+    """All parameters at one rate: weights (decayed) and norms/biases (not)."""
+    groups = split_decay(list(model.named_parameters()), weight_decay, "weights", lr)
+    for g in groups:  # historical names of the two groups, kept for the learning-rate metrics
+        g["name"] = "weights" if g["weight_decay"] else "norms_biases"
+    return groups
+
+
+def strategy_groups(model: nn.Module, backbone: str, strategy: StrategyConfig, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups with the strategy's rates, from the backbone's layer groups.
+
+    discriminative: the first half of the backbone's groups at lr x early, the second half at
+    lr x late, the head at lr x head. gradual_unfreeze: the head at lr, the backbone at
+    lr x unfreeze_factor (frozen until `head_epochs` have passed). Others: one rate for all.
+    """
+    from models import layer_groups
+
+    named = dict((id(p), n) for n, p in model.named_parameters())
+    groups = layer_groups(model, backbone)
+    body = [(g, ps) for g, ps in groups if g != "head"]
+    head = [(named[id(p)], p) for g, ps in groups if g == "head" for p in ps]
+    if strategy.kind == "discriminative":
+        m = strategy.multipliers
+        out: list[dict[str, Any]] = []
+        for i, (g, ps) in enumerate(body):
+            factor = m.early if i < (len(body) + 1) // 2 else m.late
+            out += split_decay([(named[id(p)], p) for p in ps], weight_decay, g, strategy.lr * factor)
+        return out + split_decay(head, weight_decay, "head", strategy.lr * m.head)
+    if strategy.kind == "gradual_unfreeze":
+        rest = [(named[id(p)], p) for _, ps in body for p in ps]
+        return split_decay(rest, weight_decay, "backbone", strategy.lr * strategy.unfreeze_factor) + split_decay(head, weight_decay, "head", strategy.lr)
+    return param_groups(model, weight_decay, strategy.lr)
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"])
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: cosine, step or constant after an optional linear warm-up, or one-cycle."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=min(0.9, warmup / total) if warmup else 0.3, anneal_strategy="cos",
+        )
+
+    if cfg.schedule == "cosine" and not warmup:  # torch's own: the exact numbers of earlier runs
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = step - warmup
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t / max(1, total - warmup))))
+        if cfg.schedule == "step":
+            return cfg.step_gamma ** (t // (cfg.step_epochs * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def freeze_except(model: nn.Module, trainable: set[int]) -> None:
+    """Only parameters whose id is in `trainable` get gradients; BatchNorm layers with no trainable
+    parameter are put in eval mode, so their running statistics do not move either (call after
+    `model.train()`)."""
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = list(module.parameters(recurse=False))
+            if own and not any(id(p) in trainable for p in own):
+                module.eval()
+
+
+@torch.no_grad()
+def features_of(model: nn.Module, head: str, x: torch.Tensor, *, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+    """What reaches the head: the model in eval mode with its head replaced by the identity."""
+    from models import replace_module
+
+    original = replace_module(model, head, nn.Identity())
+    try:
+        return predict_logits(model, x, batch_size=batch_size, device=device)
+    finally:
+        replace_module(model, head, original)
 
 
 def fit(
@@ -86,42 +171,64 @@ def fit(
     seed: int,
     device: torch.device,
     checkpoint: Path,
+    backbone: str = "efficientnet_lite0",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    cache_features: bool = True,
 ) -> TrainResult:
-    """Train `model` in place; on return it holds the weights of the best validation epoch.
+    """Train `model` in place with the strategy; on return it holds the best validation epoch's weights.
 
-    A checkpoint (model, optimizer, epoch) is written atomically after every epoch, so an
-    interrupted run keeps its last state on disk; the best epoch's weights go to
-    `best_checkpoint_path(checkpoint)`.
+    A checkpoint (model, optimizer, scheduler, epoch) is written atomically after every epoch, so
+    an interrupted run keeps its last state on disk; the best epoch's weights go to
+    `best_checkpoint_path(checkpoint)`. `linear_probe` with `cache_features` computes the frozen
+    backbone's features once and trains only the head on them (no augmentation: the features are
+    fixed); without it, the frozen backbone runs every epoch.
     """
+    from models import head_path, layer_groups
+
     x_train, y_train = train
     x_val, y_val = val
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg, strategy.lr)
-    steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
-        if cfg.schedule == "cosine"
-        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    )
+    head_name = head_path(backbone)
+    head_ids = {id(p) for g, ps in layer_groups(model, backbone) if g == "head" for p in ps}
+    probe = strategy.kind == "linear_probe"
+    cached = probe and cache_features
+    if cached:  # the network the head sees is fixed: compute its input once
+        feat_train = features_of(model, head_name, x_train, device=device)
+        feat_val = features_of(model, head_name, x_val, device=device)
+        net: nn.Module = model.get_submodule(head_name)
+        inputs_train, inputs_val = feat_train, feat_val
+    else:
+        net, inputs_train, inputs_val = model, x_train, x_val
+    groups = param_groups(model.get_submodule(head_name), cfg.weight_decay, strategy.lr) if probe else strategy_groups(model, backbone, strategy, cfg.weight_decay)
+    optimizer = make_optimizer(groups, cfg)
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     counts = torch.bincount(y_train, minlength=n_classes).float()
     # Balanced weights n / (K * count): a class seen half as often weighs twice as much.
     class_weight = torch.where(counts > 0, len(y_train) / (n_classes * counts.clamp_min(1)), torch.zeros_like(counts))
-    loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device) if cfg.class_weighting == "loss" else None)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device) if cfg.class_weighting == "loss" else None, label_smoothing=cfg.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
     sample_weight = class_weight[y_train] if cfg.class_weighting == "sampler" else None
     generator = torch.Generator().manual_seed(seed)
+    amp = device.type == "cuda" and not cached
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     # float16 gradients underflow without loss scaling; bfloat16 and the CPU need none.
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
+    since_best = 0
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
-        model.train()
+        net.train()
+        if probe and not cached:  # the same computation as the cached path: backbone in eval mode, frozen
+            model.eval()
+            model.get_submodule(head_name).train()
+            freeze_except(model, head_ids)
+        elif strategy.kind == "gradual_unfreeze":
+            freeze_except(model, head_ids if epoch < strategy.head_epochs else {id(p) for p in model.parameters()})
         epoch_start = time.perf_counter()
         seen, loss_sum, correct = 0, 0.0, 0
         bar = tqdm(
@@ -131,14 +238,17 @@ def fit(
             disable=None,
         )
         for idx in bar:
-            xb = x_train[idx] if augment is None else augment(x_train[idx], generator)
+            xb = inputs_train[idx] if augment is None or cached else augment(inputs_train[idx], generator)
             xb = xb.to(device, non_blocking=True)
             yb = y_train[idx].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
-                logits = model(xb)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+                logits = net(xb)
                 loss = loss_fn(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"] if p.grad is not None], cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -146,7 +256,7 @@ def fit(
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        val_logits = predict_logits(model, x_val, batch_size=max(cfg.batch_size, 64), device=device)
+        val_logits = predict_logits(net, inputs_val, batch_size=max(cfg.batch_size, 64), device=device)
         val_loss = float(eval_loss(val_logits, y_val)) if len(y_val) else float("nan")
         val_metrics = classification_metrics(y_val.numpy(), val_logits.argmax(1).numpy(), n_classes)
         row = {
@@ -161,12 +271,19 @@ def fit(
         result.history.append(row)
         score = row[cfg.select_metric]
         if score > result.best_score:
-            result.best_score, result.best_epoch = score, epoch
+            result.best_score, result.best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
             save_checkpoint(best_checkpoint_path(checkpoint), model=model, epoch=epoch, strategy=strategy.name, score=score)
-        save_checkpoint(checkpoint, model=model, optimizer=optimizer, epoch=epoch, strategy=strategy.name, seed=seed)
+        else:
+            since_best += 1
+        save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, strategy=strategy.name, seed=seed)
         if on_epoch is not None:
             on_epoch(epoch, row)
+        if cfg.early_stopping is not None and since_best >= cfg.early_stopping:
+            result.stopped_epoch = epoch
+            break
+    for p in model.parameters():
+        p.requires_grad_(True)
     result.train_seconds = time.perf_counter() - start
     if best_state is not None:
         model.load_state_dict(best_state)
