@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key (repeatable), e.g. --set train.epochs=2 --set transform.kind=stft",
     )
+    run.add_argument("--resume", action="store_true", help="continue the last interrupted run of this config: finished trials are kept, the interrupted one continues from its last checkpoint")
     run.set_defaults(func=cmd_run)
 
     predict = sub.add_parser(
@@ -146,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from pipeline.job import run_job, summary
 
-    result = run_job(cfg, config_path=args.config)
+    result = run_job(cfg, config_path=args.config, resume=args.resume)
     print(summary(result))
     return 0
 

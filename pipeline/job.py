@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.metadata
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from pipeline.plots import bar_figure, confusion_figure, learning_curves_figure,
 from pipeline.registry import Registration, register_onnx
 from pipeline.report import HEADERS, Aggregate, TrialResult, aggregate, html_report, markdown_report, text_table, trials_csv
 from pipeline.tracking import ensure_experiment, is_local_store, log_png, resolve_tracking_uri, tracked_run, use_store
-from pipeline.train import fit, predict_logits, seed_everything, select_device
+from pipeline.train import best_checkpoint_path, fit, predict_logits, seed_everything, select_device
 
 
 @dataclass
@@ -43,11 +45,15 @@ class JobResult:
         return aggregate(self.trials)
 
 
-def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[str], None] = print) -> JobResult:
+def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[str], None] = print, resume: bool = False) -> JobResult:
     """Run the whole job: data, every strategy x train fraction x seed, report, export, registry.
 
+    Args:
+        resume: continue the last interrupted (KILLED or FAILED) run of this same config: its
+            finished trials are kept, the interrupted one continues from its last checkpoint.
+
     Raises:
-        UserError: bad data or settings found while running.
+        UserError: bad data or settings found while running; nothing to resume.
         ExportError: the ONNX model does not reproduce the PyTorch model.
     """
     import mlflow
@@ -67,7 +73,13 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         raise UserError(f"export.dir: cannot create {str(cfg.export.dir)!r} ({exc.strerror}); choose a writable folder") from None
     experiment_id = ensure_experiment(cfg.tracking.experiment, tracking_uri=tracking_uri, artifact_dir=cfg.tracking.artifact_dir)
     data_hash = data.fingerprint()
-    with tracked_run(experiment_id=experiment_id, run_name=cfg.name, tags=run_tags(cfg, config_path, data, device, data_hash)) as parent:
+    config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    earlier = interrupted_run(experiment_id, cfg.name, config_hash) if resume else None
+    children = {} if earlier is None else child_runs(experiment_id, earlier.info.run_id)
+    if earlier is not None:
+        echo(f"  resuming run {earlier.info.run_id} ({earlier.info.status}): {sum(r.info.status == 'FINISHED' for r in children.values())} finished trial(s) kept")
+    start = {"run_id": earlier.info.run_id} if earlier is not None else {"experiment_id": experiment_id, "run_name": cfg.name, "tags": {**run_tags(cfg, config_path, data, device, data_hash), "config_hash": config_hash}}
+    with tracked_run(**start) as parent:
         parent_id = parent.info.run_id
         out_dir = cfg.export.dir / cfg.name / parent_id
         mlflow.log_params(cfg.flat_params())
@@ -85,7 +97,8 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
         trials: list[TrialResult] = []
         best, best_model = None, None
         for strategy, fraction, seed in plan:
-            trial, model = run_trial(cfg, strategy, fraction, seed, data, device=device, experiment_id=experiment_id, checkpoint_dir=out_dir / "checkpoints", echo=echo)
+            previous = children.get(trial_name(cfg, strategy.name, fraction, seed))
+            trial, model = run_trial(cfg, strategy, fraction, seed, data, device=device, experiment_id=experiment_id, checkpoint_dir=out_dir / "checkpoints", echo=echo, previous=previous)
             trials.append(trial)
             if best is None or getattr(trial, cfg.train.select_metric) > getattr(best, cfg.train.select_metric):
                 best, best_model = trial, model  # only the best network stays in memory
@@ -179,6 +192,34 @@ def export_extras(cfg: JobConfig, onnx_path: Path, data: PreparedData, *, tags: 
     return notes
 
 
+def interrupted_run(experiment_id: str, job: str, config_hash: str) -> Any:
+    """The latest parent run of this job and config, which must have been interrupted.
+
+    Raises:
+        UserError: there is none, or the latest one finished (nothing to resume).
+    """
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.job = '{job}' and tags.config_hash = '{config_hash}'", order_by=["attributes.start_time DESC"], max_results=50,
+    )
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    if not parents:
+        raise UserError(f"--resume: no earlier run of job {job!r} with this exact config in the store; run without --resume")
+    last = parents[0]
+    if last.info.status not in ("KILLED", "FAILED", "RUNNING"):
+        raise UserError(f"--resume: the last run of job {job!r} with this config ({last.info.run_id}) {last.info.status.lower()}; nothing to resume")
+    return last
+
+
+def child_runs(experiment_id: str, parent_id: str) -> dict[str, Any]:
+    """The trial runs of a parent run, by run name."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {r.info.run_name: r for r in runs}
+
+
 def next_version(name: str) -> str:
     """The version number the registry will give this job's model (written into the ONNX metadata
     before registering; a concurrent registration of the same name could take it first)."""
@@ -218,8 +259,13 @@ def run_trial(
     experiment_id: str,
     checkpoint_dir: Path,
     echo: Callable[[str], None],
+    previous: Any = None,
 ) -> tuple[TrialResult, torch.nn.Module]:
-    """Train one strategy on one fraction with one seed in its own child run; evaluate on the test recordings."""
+    """Train one strategy on one fraction with one seed in its own child run; evaluate on the test recordings.
+
+    `previous`: this trial's run in the interrupted job being resumed: kept as it is when it
+    finished, continued from its last checkpoint otherwise.
+    """
     import mlflow
 
     n_classes = len(data.classes)
@@ -228,7 +274,11 @@ def run_trial(
     name = trial_name(cfg, strategy.name, fraction, seed)
     subset = train_subset(data.windows["train"], fraction, seed)
     tags = {"strategy": strategy.name, "weights": weights, "seed": str(seed), "train_fraction": f"{fraction:g}"}
-    with tracked_run(experiment_id=experiment_id, run_name=name, nested=True, tags=tags) as run:
+    checkpoint = checkpoint_dir / f"{name}.pt"
+    if previous is not None and previous.info.status == "FINISHED":
+        return finished_trial(cfg, previous, checkpoint, n_classes, pretrained, echo)
+    start = {"run_id": previous.info.run_id} if previous is not None else {"experiment_id": experiment_id, "run_name": name, "tags": tags}
+    with tracked_run(nested=True, **start) as run:
         mlflow.log_params({"strategy": strategy.name, "kind": strategy.kind, "lr": strategy.lr, "weights": weights, "backbone": cfg.model.backbone, "seed": seed, "train_fraction": fraction})
         mlflow.log_metric("train_windows_used", len(subset))
         seed_everything(seed)
@@ -251,8 +301,9 @@ def run_trial(
             cfg=cfg.train,
             seed=seed,
             device=device,
-            checkpoint=checkpoint_dir / f"{name}.pt",
+            checkpoint=checkpoint,
             backbone=cfg.model.backbone,
+            resume=previous is not None,
             on_epoch=on_epoch,
             augment=make_augment(cfg.train.augment, data.transform.std[0]),
         )
@@ -294,7 +345,23 @@ def run_trial(
             run_id=run.info.run_id,
             history=tuple(result.history),
         )
+        mlflow.log_dict({**dataclasses.asdict(trial), "history": list(trial.history)}, "trial.json")
     return trial, model.cpu()
+
+
+def finished_trial(cfg: JobConfig, run: Any, checkpoint: Path, n_classes: int, pretrained: bool, echo: Callable[[str], None]) -> tuple[TrialResult, torch.nn.Module]:
+    """A trial that finished before the interruption: its result from the run, its best weights from disk."""
+    import mlflow
+
+    saved = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/trial.json")
+    trial = TrialResult(**{**saved, "history": tuple(saved["history"])})
+    best = best_checkpoint_path(checkpoint)
+    if not best.is_file():
+        raise UserError(f"--resume: trial {run.info.run_name!r} finished but its checkpoint {best} is gone; run the job again without --resume")
+    model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=False, dropout=cfg.model.dropout, in_channels=cfg.model.in_channels)
+    model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+    echo(f"  {run.info.run_name:>12s}: finished before the interruption (test acc {trial.test_accuracy:.3f}), kept")
+    return trial, model
 
 
 def recording_votes(windows: WindowSet, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

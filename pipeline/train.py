@@ -175,6 +175,7 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     cache_features: bool = True,
+    resume: bool = False,
 ) -> TrainResult:
     """Train `model` in place with the strategy; on return it holds the best validation epoch's weights.
 
@@ -182,7 +183,9 @@ def fit(
     an interrupted run keeps its last state on disk; the best epoch's weights go to
     `best_checkpoint_path(checkpoint)`. `linear_probe` with `cache_features` computes the frozen
     backbone's features once and trains only the head on them (no augmentation: the features are
-    fixed); without it, the frozen backbone runs every epoch.
+    fixed); without it, the frozen backbone runs every epoch. With `resume` and a checkpoint on
+    disk, training continues after the checkpoint's epoch with its model, optimizer, scheduler,
+    data-order generator, history and best weights.
     """
     from models import head_path, layer_groups
 
@@ -219,9 +222,21 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
-    since_best = 0
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    since_best, first_epoch, spent = 0, 0, 0.0
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])  # dropout draws: the continuation is the uninterrupted run
+        result.history = [dict(row) for row in state["history"]]
+        result.best_epoch, result.best_score, since_best, spent = state["best_epoch"], state["best_score"], state["since_best"], state["train_seconds"]
+        best_file = best_checkpoint_path(checkpoint)
+        best_state = torch.load(best_file, map_location="cpu", weights_only=True)["model"] if best_file.is_file() else None
+        first_epoch = state["epoch"] + 1
+    start = time.perf_counter() - spent
+    for epoch in range(first_epoch, cfg.epochs):
         net.train()
         if probe and not cached:  # the same computation as the cached path: backbone in eval mode, frozen
             model.eval()
@@ -276,10 +291,15 @@ def fit(
             save_checkpoint(best_checkpoint_path(checkpoint), model=model, epoch=epoch, strategy=strategy.name, score=score)
         else:
             since_best += 1
-        save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, strategy=strategy.name, seed=seed)
+        stop = cfg.early_stopping is not None and since_best >= cfg.early_stopping
+        save_checkpoint(
+            checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch if not stop else cfg.epochs - 1,
+            strategy=strategy.name, seed=seed, generator=generator.get_state(), rng=torch.get_rng_state(), history=result.history, best_epoch=result.best_epoch,
+            best_score=result.best_score, since_best=since_best, train_seconds=time.perf_counter() - start,
+        )
         if on_epoch is not None:
             on_epoch(epoch, row)
-        if cfg.early_stopping is not None and since_best >= cfg.early_stopping:
+        if stop:
             result.stopped_epoch = epoch
             break
     for p in model.parameters():
@@ -297,7 +317,7 @@ def best_checkpoint_path(checkpoint: Path) -> Path:
 def save_checkpoint(path: Path, **state: Any) -> None:
     """Write a checkpoint atomically (a crash mid-write leaves the previous one intact)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {k: (v.state_dict() if hasattr(v, "state_dict") else v) for k, v in state.items()}
+    payload = {k: (v.state_dict() if hasattr(v, "state_dict") and not isinstance(v, torch.Tensor) else v) for k, v in state.items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

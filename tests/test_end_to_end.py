@@ -224,3 +224,33 @@ def test_export_command_writes_a_checked_int8_variant_and_a_triton_repository(fi
     assert (work / "triton" / "tiny-fault" / "1" / "model.onnx").is_file()
     nothing = run_cli("export", str(cfg_path), "--model", "models:/tiny-fault@champion", cwd=work)
     assert nothing.returncode == 2 and "nothing to do" in nothing.stderr
+
+
+def test_resume_continues_the_interrupted_job_in_the_same_runs(tmp_path):
+    job = copy.deepcopy(TINY_JOB)
+    job["train"]["epochs"] = 3
+    job["tracking"]["experiment"] = "resumable"
+    cfg_path = write_config(tmp_path / "resumable.yaml", job)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.rglob("finetune.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # scratch finished, finetune after its first epoch
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name("resumable").experiment_id
+    parent = next(r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "KILLED"
+    done = run_cli("run", str(cfg_path), "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resuming run {parent.info.run_id}" in done.stdout and "scratch: finished before the interruption" in done.stdout
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    runs = client.search_runs([experiment])
+    assert len(runs) == 3  # the same parent and children: nothing started over
+    finetune = next(r for r in runs if r.info.run_name == "finetune")
+    steps = [m.step for m in client.get_metric_history(finetune.info.run_id, "val_accuracy")]
+    assert sorted(set(steps)) == [0, 1, 2] and finetune.data.metrics["test_accuracy"] >= 0
+    again = run_cli("run", str(cfg_path), "--resume", cwd=tmp_path)
+    assert again.returncode == 2 and "nothing to resume" in again.stderr

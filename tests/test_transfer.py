@@ -155,3 +155,29 @@ def test_early_stopping_label_smoothing_and_gradient_clipping(tmp_path):
               seed=0, device=torch.device("cpu"), checkpoint=tmp_path / "s.pt", backbone="resnet18")
     assert out.stopped_epoch == 2 and len(out.history) == 3  # fixed features, negligible rate: no improvement, stopped after patience 2
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in out.history)
+
+
+def test_resume_continues_from_the_saved_epoch_exactly(tmp_path):
+    cfg = TrainConfig(epochs=4, batch_size=16)
+    strategy = StrategyConfig(name="f", kind="finetune", lr=1e-2)
+    common = dict(n_classes=3, strategy=strategy, cfg=cfg, seed=0, device=torch.device("cpu"), backbone="mobilenet_v3_small")
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return build_model("mobilenet_v3_small", num_classes=3, pretrained=False)
+
+    straight = fit(model(), _tiny(32), _tiny(16, 1), checkpoint=tmp_path / "a.pt", **common)
+
+    def stop_after_second(epoch: int, row: dict) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model(), _tiny(32), _tiny(16, 1), checkpoint=tmp_path / "b.pt", on_epoch=stop_after_second, **common)
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == 1
+    torch.manual_seed(123)  # a new process: other global RNG state, restored from the checkpoint
+    resumed = fit(model(), _tiny(32), _tiny(16, 1), checkpoint=tmp_path / "b.pt", resume=True, **common)
+    assert len(resumed.history) == 4
+    for a, b in zip(straight.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6) and a["val_accuracy"] == b["val_accuracy"]
+    assert resumed.best_epoch == straight.best_epoch
