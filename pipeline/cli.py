@@ -145,11 +145,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     cfg = load_config(args.config, args.overrides)
-    from pipeline.job import run_job, summary
+    from pipeline import distributed
+    from pipeline.job import run_job, run_worker, summary
 
-    result = run_job(cfg, config_path=args.config, resume=args.resume)
-    print(summary(result))
-    return 0
+    world = distributed.init_from_env()  # under torchrun: one process per rank
+    try:
+        if world is not None and not world.is_main:
+            run_worker(cfg)
+            return 0
+        result = run_job(cfg, config_path=args.config, resume=args.resume)
+        print(summary(result))
+        return 0
+    finally:
+        distributed.shutdown()
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

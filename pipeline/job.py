@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from deploy.onnx_export import ParityReport, export_onnx
 from models import build_model
+from pipeline import distributed
 from pipeline.augment import make_augment
 from pipeline.config import JobConfig, StrategyConfig
 from pipeline.data import PreparedData, examples, prepare_data, train_subset
@@ -65,6 +68,12 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     device = select_device(cfg.train.device)
     echo(f"[1/4] data: {cfg.data.source}, {cfg.transform.kind} inputs of {cfg.transform.image_size} px")
     data = prepare_data(cfg, echo)
+    world = distributed.world()
+    if world is not None:
+        if resume:
+            raise UserError("--resume is not supported under torchrun; resume with a single process (pipeline run CONFIG --resume)")
+        distributed.barrier()  # the other ranks now read the data from the cache rank 0 wrote
+        echo(f"  data-parallel: {world.size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}); rank 0 tracks, evaluates and exports")
     if cfg.model.weights != "none" and any(s.pretrained for s in cfg.train.strategies):
         build_model(cfg.model.backbone, num_classes=2, pretrained=True, weights_path=cfg.model.weights_path)  # a missing weights file fails now, not after hours
     try:
@@ -92,7 +101,7 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
             mlflow.log_metric(f"{name}_windows", len(data.windows[name]))
             mlflow.log_metric(f"{name}_units", len(data.windows[name].recording_ids))  # recordings or parts
 
-        plan = [(s, f, seed) for s in cfg.train.strategies for f in cfg.train.train_fraction for seed in cfg.train.seeds]
+        plan = training_plan(cfg)
         echo(f"[2/4] training {len(plan)} model(s) on {device.type} ({cfg.model.backbone}): strategies x train fractions x seeds")
         trials: list[TrialResult] = []
         best, best_model = None, None
@@ -269,7 +278,7 @@ def run_trial(
     import mlflow
 
     n_classes = len(data.classes)
-    pretrained = strategy.pretrained and cfg.model.weights != "none"  # weights: none runs every strategy from random init
+    pretrained = starts_pretrained(cfg, strategy)
     weights = ("imagenet" if cfg.model.weights_path is None else cfg.model.weights_path.name) if pretrained else "random"
     name = trial_name(cfg, strategy.name, fraction, seed)
     subset = train_subset(data.windows["train"], fraction, seed)
@@ -281,8 +290,7 @@ def run_trial(
     with tracked_run(nested=True, **start) as run:
         mlflow.log_params({"strategy": strategy.name, "kind": strategy.kind, "lr": strategy.lr, "weights": weights, "backbone": cfg.model.backbone, "seed": seed, "train_fraction": fraction})
         mlflow.log_metric("train_windows_used", len(subset))
-        seed_everything(seed)
-        model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=pretrained, dropout=cfg.model.dropout, in_channels=cfg.model.in_channels, weights_path=cfg.model.weights_path if pretrained else None)
+        model = new_model(cfg, strategy, n_classes, seed)
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             mlflow.log_metrics(row, step=epoch)
@@ -291,11 +299,9 @@ def run_trial(
                 f"val acc {row['val_accuracy']:.3f} ({row['epoch_seconds']:.1f} s)"
             )
 
-        index = torch.from_numpy(subset)
         result = fit(
             model,
-            (data.images["train"][index], torch.from_numpy(data.windows["train"].y)[index]),
-            (data.images["val"], torch.from_numpy(data.windows["val"].y)),
+            *trial_data(data, subset),
             n_classes=n_classes,
             strategy=strategy,
             cfg=cfg.train,
@@ -347,6 +353,52 @@ def run_trial(
         )
         mlflow.log_dict({**dataclasses.asdict(trial), "history": list(trial.history)}, "trial.json")
     return trial, model.cpu()
+
+
+def starts_pretrained(cfg: JobConfig, strategy: StrategyConfig) -> bool:
+    """Every strategy but scratch starts from the weights, unless `model.weights: none`."""
+    return strategy.pretrained and cfg.model.weights != "none"
+
+
+def new_model(cfg: JobConfig, strategy: StrategyConfig, n_classes: int, seed: int) -> torch.nn.Module:
+    """The trial's network, seeded: the same on every rank under torchrun."""
+    pretrained = starts_pretrained(cfg, strategy)
+    seed_everything(seed)
+    return build_model(
+        cfg.model.backbone, num_classes=n_classes, pretrained=pretrained, dropout=cfg.model.dropout,
+        in_channels=cfg.model.in_channels, weights_path=cfg.model.weights_path if pretrained else None,
+    )
+
+
+def trial_data(data: PreparedData, subset: np.ndarray) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(train, val) network inputs and labels; train restricted to `subset`."""
+    index = torch.from_numpy(subset)
+    train = (data.images["train"][index], torch.from_numpy(data.windows["train"].y)[index])
+    return train, (data.images["val"], torch.from_numpy(data.windows["val"].y))
+
+
+def training_plan(cfg: JobConfig) -> list[tuple[StrategyConfig, float, int]]:
+    return [(s, f, seed) for s in cfg.train.strategies for f in cfg.train.train_fraction for seed in cfg.train.seeds]
+
+
+def run_worker(cfg: JobConfig) -> None:
+    """A rank other than 0 under torchrun: the same trials in the same order, training only."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = select_device(cfg.train.device)
+    distributed.barrier()  # rank 0 has prepared the data and written the cache
+    data = prepare_data(cfg, echo=lambda line: None)
+    scratch = Path(tempfile.mkdtemp(prefix="pipeline-rank-"))
+    try:
+        for strategy, fraction, seed in training_plan(cfg):
+            model = new_model(cfg, strategy, len(data.classes), seed)
+            fit(
+                model, *trial_data(data, train_subset(data.windows["train"], fraction, seed)), n_classes=len(data.classes), strategy=strategy,
+                cfg=cfg.train, seed=seed, device=device, checkpoint=scratch / "unused.pt", backbone=cfg.model.backbone,
+                augment=make_augment(cfg.train.augment, data.transform.std[0]),
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def finished_trial(cfg: JobConfig, run: Any, checkpoint: Path, n_classes: int, pretrained: bool, echo: Callable[[str], None]) -> tuple[TrialResult, torch.nn.Module]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline import distributed
 from pipeline.config import StrategyConfig, TrainConfig
 from pipeline.metrics import classification_metrics
 
@@ -37,16 +38,22 @@ def select_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-    """Index batches over n samples: in order, shuffled (a generator), or drawn with replacement in
+def epoch_order(n: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The sample order of an epoch: in order, shuffled (a generator), or drawn with replacement in
     proportion to `weights` (a weighted sampler: n draws per epoch)."""
     if weights is not None:
-        order = torch.multinomial(weights, n, replacement=True, generator=generator)
-    elif generator is not None:
-        order = torch.randperm(n, generator=generator)
-    else:
-        order = torch.arange(n)
-    for start in range(0, n, batch_size):
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
+    if generator is not None:
+        return torch.randperm(n, generator=generator)
+    return torch.arange(n)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None, *, sharded: bool = False) -> Iterator[torch.Tensor]:
+    """Index batches over n samples (see `epoch_order`); `sharded`: this rank's share under torchrun."""
+    order = epoch_order(n, generator, weights)
+    if sharded:
+        order = distributed.shard(order)
+    for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 
 
@@ -207,7 +214,11 @@ def fit(
         net, inputs_train, inputs_val = model, x_train, x_val
     groups = param_groups(model.get_submodule(head_name), cfg.weight_decay, strategy.lr) if probe else strategy_groups(model, backbone, strategy, cfg.weight_decay)
     optimizer = make_optimizer(groups, cfg)
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    world = distributed.world()
+    main = world is None or world.is_main
+    # Under torchrun each rank takes its share of every batch: the global batch stays batch_size.
+    rank_batch = cfg.batch_size if world is None else -(-cfg.batch_size // world.size)
+    steps_per_epoch = math.ceil((len(x_train) if world is None else -(-len(x_train) // world.size)) / rank_batch)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     counts = torch.bincount(y_train, minlength=n_classes).float()
     # Balanced weights n / (K * count): a class seen half as often weighs twice as much.
@@ -246,18 +257,19 @@ def fit(
             freeze_except(model, head_ids if epoch < strategy.head_epochs else {id(p) for p in model.parameters()})
         epoch_start = time.perf_counter()
         seen, loss_sum, correct = 0, 0.0, 0
+        trainer = distributed.wrap(net, device)  # per epoch: gradual unfreezing changes what trains
         bar = tqdm(
-            list(batches(len(x_train), cfg.batch_size, generator, sample_weight)),
+            list(batches(len(x_train), rank_batch, generator, sample_weight, sharded=True)),
             desc=f"{strategy.name} epoch {epoch + 1}/{cfg.epochs}",
             leave=False,
-            disable=None,
+            disable=None if main else True,
         )
         for idx in bar:
             xb = inputs_train[idx] if augment is None or cached else augment(inputs_train[idx], generator)
             xb = xb.to(device, non_blocking=True)
             yb = y_train[idx].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                logits = net(xb)
+                logits = trainer(xb)
                 loss = loss_fn(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -271,6 +283,7 @@ def fit(
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        seen, loss_sum, correct = distributed.all_sum([seen, loss_sum, correct])  # every rank's share
         val_logits = predict_logits(net, inputs_val, batch_size=max(cfg.batch_size, 64), device=device)
         val_loss = float(eval_loss(val_logits, y_val)) if len(y_val) else float("nan")
         val_metrics = classification_metrics(y_val.numpy(), val_logits.argmax(1).numpy(), n_classes)
@@ -288,15 +301,17 @@ def fit(
         if score > result.best_score:
             result.best_score, result.best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-            save_checkpoint(best_checkpoint_path(checkpoint), model=model, epoch=epoch, strategy=strategy.name, score=score)
+            if main:
+                save_checkpoint(best_checkpoint_path(checkpoint), model=model, epoch=epoch, strategy=strategy.name, score=score)
         else:
             since_best += 1
         stop = cfg.early_stopping is not None and since_best >= cfg.early_stopping
-        save_checkpoint(
-            checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch if not stop else cfg.epochs - 1,
-            strategy=strategy.name, seed=seed, generator=generator.get_state(), rng=torch.get_rng_state(), history=result.history, best_epoch=result.best_epoch,
-            best_score=result.best_score, since_best=since_best, train_seconds=time.perf_counter() - start,
-        )
+        if main:  # one writer under torchrun
+            save_checkpoint(
+                checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch if not stop else cfg.epochs - 1,
+                strategy=strategy.name, seed=seed, generator=generator.get_state(), rng=torch.get_rng_state(), history=result.history,
+                best_epoch=result.best_epoch, best_score=result.best_score, since_best=since_best, train_seconds=time.perf_counter() - start,
+            )
         if on_epoch is not None:
             on_epoch(epoch, row)
         if stop:

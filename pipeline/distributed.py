@@ -1,0 +1,92 @@
+"""Data-parallel training under `torchrun`: process group, sharded batches, reduced metrics.
+
+`torchrun --nproc_per_node=N -m pipeline run CFG` starts N processes with RANK/WORLD_SIZE set.
+Each trains the same network on its shard of every batch (DistributedDataParallel averages the
+gradients: NCCL on GPUs, gloo on CPUs); rank 0 alone prepares the cache, tracks in MLflow,
+evaluates, exports and registers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_WORLD: World | None = None
+
+
+def init_from_env() -> World | None:
+    """Join the process group when started by torchrun with more than one process (else None)."""
+    global _WORLD
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return None
+    if _WORLD is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        _WORLD = World(dist.get_rank(), dist.get_world_size(), local_rank)
+    return _WORLD
+
+
+def world() -> World | None:
+    return _WORLD
+
+
+def barrier() -> None:
+    if _WORLD is not None:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    global _WORLD
+    if _WORLD is not None:
+        dist.destroy_process_group()
+        _WORLD = None
+
+
+def shard(order: torch.Tensor) -> torch.Tensor:
+    """This rank's share of an epoch's sample order, as `DistributedSampler` makes it: padded by
+    repeating the first samples so that every rank runs the same number of steps, then strided."""
+    if _WORLD is None:
+        return order
+    n = len(order)
+    total = -(-n // _WORLD.size) * _WORLD.size
+    padded = torch.cat([order, order[: total - n]]) if total > n else order
+    return padded[_WORLD.rank :: _WORLD.size]
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Sum across ranks (identity without a process group)."""
+    if _WORLD is None:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel over the parameters that train now (identity without a group)."""
+    if _WORLD is None or not any(p.requires_grad for p in model.parameters()):
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
