@@ -266,6 +266,9 @@ def fit(
         )
         for idx in bar:
             xb = inputs_train[idx] if augment is None or cached else augment(inputs_train[idx], generator)
+            if device.type == "cuda":  # page-locked host memory: the copy overlaps with compute
+                xb = xb.pin_memory().to(device, non_blocking=True)
+                xb = xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
             xb = xb.to(device, non_blocking=True)
             yb = y_train[idx].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
