@@ -123,14 +123,18 @@ class OnnxInferencer:
             raise UserError("this model classifies signal windows, not images")
         return self.predict_inputs(self.transform(images).numpy())
 
-    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
-        """Raw windows (N, L) or (N, C, L) of the model's length -> probabilities (N, n_classes)."""
+    def predict_windows(self, windows: np.ndarray, *, normalised: bool = False) -> np.ndarray:
+        """Raw windows (N, L) or (N, C, L) of the model's length -> probabilities (N, n_classes).
+
+        For a model trained with per-recording normalisation the windows of one call are z-scored
+        together as one recording, unless `normalised` says the caller already did it.
+        """
         if self.is_image:
             raise UserError("this model classifies images, not signal windows")
         windows = np.asarray(windows, dtype=np.float32)
         if windows.shape[-1] != self.window_length:
             raise UserError(f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}")
-        if self.transform.signal_norm == "recording":  # the windows of one call are one recording
+        if self.transform.signal_norm == "recording" and not normalised:  # the windows of one call are one recording
             windows = windows if windows.ndim == 3 else windows[:, None, :]
             windows = zscore(windows.transpose(1, 0, 2).reshape(windows.shape[1], -1)).reshape(windows.shape[1], len(windows), -1).transpose(1, 0, 2)
         try:
@@ -148,7 +152,9 @@ class OnnxInferencer:
             raise UserError(
                 f"the signal has {signal.shape[-1]} samples; this model needs at least one window of {self.window_length}"
             )
-        probs = self.predict_windows(cut_windows(signal, self.window_length, self.window_hop))
+        if self.transform.signal_norm == "recording":  # the whole signal is the recording, as in training
+            signal = zscore(signal)
+        probs = self.predict_windows(cut_windows(signal, self.window_length, self.window_hop), normalised=True)
         mean = probs.mean(axis=0)
         return SignalPrediction(
             label=self.classes[int(mean.argmax())],

@@ -103,6 +103,7 @@ class Metrics:
 class _Job:
     inputs: Any  # raw windows (n, C, L) as an array, or decoded images as a list
     kind: str  # "windows" or "images"
+    inferencer: OnnxInferencer  # the model the request was checked against: it also runs it
     enqueued: float
     future: asyncio.Future = field(repr=False)  # type: ignore[type-arg]
 
@@ -111,7 +112,7 @@ class Batcher:
     """Gathers concurrent requests into batches of at most `max_batch` samples and runs each batch
     in one worker thread (the event loop stays free to accept requests meanwhile)."""
 
-    def __init__(self, run: Callable[[str, Any], np.ndarray], *, max_batch: int, max_wait_ms: float, enabled: bool, metrics: Metrics) -> None:
+    def __init__(self, run: Callable[[OnnxInferencer, str, Any], np.ndarray], *, max_batch: int, max_wait_ms: float, enabled: bool, metrics: Metrics) -> None:
         self.run, self.max_batch, self.max_wait, self.enabled, self.metrics = run, max_batch, max_wait_ms / 1000, enabled, metrics
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -130,9 +131,9 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, kind: str, inputs: Any) -> np.ndarray:
+    async def submit(self, inferencer: OnnxInferencer, kind: str, inputs: Any) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(inputs, kind, time.perf_counter(), future))
+        await self.queue.put(_Job(inputs, kind, inferencer, time.perf_counter(), future))
         return await future
 
     async def _gather(self) -> list[_Job]:
@@ -148,7 +149,7 @@ class Batcher:
                 job = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
             except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 break
-            if size + len(job.inputs) > self.max_batch or job.kind != batch[0].kind:
+            if size + len(job.inputs) > self.max_batch or job.kind != batch[0].kind or job.inferencer is not batch[0].inferencer:
                 self.pending = job
                 break
             batch.append(job)
@@ -157,7 +158,14 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            await self._run(await self._gather())
+            batch = await self._gather()
+            try:
+                await self._run(batch)
+            except Exception as exc:  # noqa: BLE001 - the batcher must outlive any batch; every request gets an answer
+                log.exception("batch of %d request(s) failed", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
 
     async def _run(self, batch: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
@@ -172,13 +180,7 @@ class Batcher:
             inputs = [image for job in batch for image in job.inputs]
         self.metrics.batch_size.observe(len(inputs))
         self.metrics.batch_requests.observe(len(batch))
-        try:
-            probs = await loop.run_in_executor(self.executor, self.run, batch[0].kind, inputs)
-        except Exception as exc:  # noqa: BLE001 - every waiting request must get an answer
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
+        probs = await loop.run_in_executor(self.executor, self.run, batch[0].inferencer, batch[0].kind, inputs)
         offset = 0
         for job in batch:
             if not job.future.done():
@@ -207,12 +209,12 @@ class ModelHolder:
     def swap(self, inferencer: OnnxInferencer, source: str) -> None:
         self.inferencer, self.source, self.ready = inferencer, source, True
 
-    def run(self, kind: str, inputs: Any) -> np.ndarray:
-        """One batch: the transform and the network each run once on all of it."""
-        inferencer = self.inferencer  # one reference for the whole batch, even if a reload lands now
-        assert inferencer is not None
+    @staticmethod
+    def run(inferencer: OnnxInferencer, kind: str, inputs: Any) -> np.ndarray:
+        """One batch on the model its requests were checked against (a reload meanwhile does not
+        change it): the transform and the network each run once on all of it."""
         if kind == "windows":
-            return inferencer.predict_windows(inputs)
+            return inferencer.predict_windows(inputs, normalised=True)  # recording z-score done per request
         return inferencer.predict_images(inputs)
 
 
@@ -265,8 +267,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 def parse_fs(value: Any, source: str) -> float:
     try:
         fs = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(422, "fs", f"fs must be the sample rate in Hz (a positive number), got {value!r} in the {source}") from None
+    except (TypeError, ValueError, OverflowError):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ApiError(422, "fs", f"fs must be the sample rate in Hz (a positive number), got {shown} in the {source}") from None
     if not math.isfinite(fs) or fs <= 0:
         raise ApiError(422, "fs", f"fs must be a positive finite number of Hz, got {value!r}")
     return fs
@@ -284,7 +287,7 @@ def parse_signal(body: bytes, content_type: str, query: dict[str, str]) -> tuple
         fs = parse_fs(doc["fs"], "JSON body")
         try:
             data = np.asarray(doc["data"], dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ApiError(422, "data", "data must be a list of numbers (one channel) or a list of equal-length lists (channels x samples)") from None
     elif content_type.startswith("application/octet-stream"):
         if "fs" not in query:
@@ -320,6 +323,8 @@ def signal_windows(inferencer: OnnxInferencer, signal: np.ndarray, fs: float, re
     if abs(fs - inferencer.fs) > 1e-6 * inferencer.fs:
         if not resample:
             raise ApiError(422, "fs", f"the signal is sampled at {fs:g} Hz; this model expects {inferencer.fs:g} Hz (resample it, or serve with --resample)")
+        if not 1 / 16 <= inferencer.fs / fs <= 16:
+            raise ApiError(422, "fs", f"the signal is sampled at {fs:g} Hz; resampling to {inferencer.fs:g} Hz is limited to a factor of 16 either way")
         from pipeline.ingest.folder import resample as polyphase
 
         signal = polyphase(signal, fs, inferencer.fs)
@@ -450,7 +455,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         body = await read_body(request, settings.max_body_bytes)
         signal, fs = parse_signal(body, request.headers.get("content-type", ""), dict(request.query_params))
         windows = signal_windows(inferencer, signal, fs, settings.resample)
-        probs = await state["batcher"].submit("windows", windows)
+        probs = await state["batcher"].submit(inferencer, "windows", windows)
         return JSONResponse(signal_answer(inferencer, probs))
 
     @app.post("/v1/predict/image")
@@ -478,7 +483,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
                 images.append(decode_image(data))
             except ValueError as exc:
                 raise ApiError(422, "file" if name != "body" else "body", f"{name}: not a readable image ({exc}); send PNG, JPEG, BMP, TIFF or WebP bytes") from None
-        probs = await state["batcher"].submit("images", images)
+        probs = await state["batcher"].submit(inferencer, "images", images)
         classes = inferencer.classes
         results = [{"file": name, "label": classes[int(p.argmax())], "probabilities": {c: float(v) for c, v in zip(classes, p)}} for (name, _), p in zip(payloads, probs)]
         return JSONResponse(results[0] if len(results) == 1 and payloads[0][0] == "body" else {"results": results})
@@ -505,11 +510,16 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
     @app.post("/v1/admin/reload")
     async def reload(request: Request) -> JSONResponse:
         _authorise(request, True)
-        body = await read_body(request, 1 << 16)
+        body = await request.body()
+        if len(body) > 1 << 16:
+            raise ApiError(413, "body", "a reload request is a small JSON object: {\"model\": \"models:/NAME@ALIAS\"}")
         try:
-            source = json.loads(body).get("model") or holder.source
+            doc = json.loads(body) if body.strip() else {}
+            source = doc.get("model") or holder.source
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            raise ApiError(400, "body", "send JSON {\"model\": \"models:/NAME@ALIAS\" or a path}; without 'model' the current source is reloaded") from None
+            raise ApiError(400, "body", "send JSON {\"model\": \"models:/NAME@ALIAS\" or a path}; an empty body reloads the current source") from None
+        if not isinstance(source, str):
+            raise ApiError(422, "model", f"model must be a string (a path or models:/NAME@ALIAS), got {source!r}")
         async with reload_lock:
             try:
                 inferencer = await asyncio.get_running_loop().run_in_executor(None, holder.load, source)

@@ -247,14 +247,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         if list(data.classes) != list(inferencer.classes):
             raise UserError(f"the model's classes {inferencer.classes} differ from the data's {data.classes}; give the config the model was trained with")
 
-        def inputs(split: str) -> np.ndarray:
-            x = data.windows[split].x
-            return (inferencer.transform.normalise(torch.as_tensor(np.asarray(x))) if inferencer.is_image else inferencer.transform(np.asarray(x))).numpy()
+        if data.is_image != inferencer.is_image or (not inferencer.is_image and (data.window or {}).get("length") != inferencer.window_length):
+            raise UserError(f"the model ({'images' if inferencer.is_image else f'windows of {inferencer.window_length} samples'}) does not match CONFIG's data; give the config the model was trained with")
+        if not inferencer.is_image and abs(data.transform.fs - inferencer.fs) > 1e-6 * inferencer.fs:
+            raise UserError(f"the model expects {inferencer.fs:g} Hz but CONFIG's data is at {data.transform.fs:g} Hz; give the config the model was trained with")
 
-        train = inputs("train")
-        pick = np.sort(np.random.default_rng(0).permutation(len(train))[: cfg.export.calibration_inputs])
+        def inputs(split: str, rows: np.ndarray | None = None) -> np.ndarray:
+            x = np.asarray(data.windows[split].x if rows is None else data.windows[split].x[rows])
+            if inferencer.is_image:
+                return inferencer.transform.normalise(torch.as_tensor(x)).numpy()
+            return inferencer.transform(x).numpy()  # prepared windows: already normalised per recording if so trained
+
+        pick = np.sort(np.random.default_rng(0).permutation(len(data.windows["train"]))[: cfg.export.calibration_inputs])  # transform only these
+        calibration = inputs("train", pick)
         drop = cfg.export.max_accuracy_drop if args.max_accuracy_drop is None else args.max_accuracy_drop
-        reports = build_variants(model_path, list(dict.fromkeys(args.variant)), calibration=train[pick], test_inputs=inputs("test"), test_labels=np.asarray(data.windows["test"].y), tolerance_points=drop)
+        reports = build_variants(model_path, list(dict.fromkeys(args.variant)), calibration=calibration, test_inputs=inputs("test"), test_labels=np.asarray(data.windows["test"].y), tolerance_points=drop)
         refused = [r.kind for r in reports if not r.accepted]
         if refused:
             for r in reports:

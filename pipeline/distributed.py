@@ -41,7 +41,8 @@ def init_from_env() -> World | None:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        # Long: the other ranks wait at a barrier while rank 0 prepares (and caches) the data.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=4))
         _WORLD = World(dist.get_rank(), dist.get_world_size(), local_rank)
     return _WORLD
 
@@ -73,13 +74,29 @@ def shard(order: torch.Tensor) -> torch.Tensor:
     return padded[_WORLD.rank :: _WORLD.size]
 
 
+def _tensor(values: list[float]) -> torch.Tensor:
+    """A tensor on the device the backend communicates from (NCCL: this rank's GPU)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
 def all_sum(values: list[float]) -> list[float]:
     """Sum across ranks (identity without a process group)."""
     if _WORLD is None:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = _tensor(values)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return t.cpu().tolist()
+
+
+def from_main(values: list[float]) -> list[float]:
+    """Rank 0's values on every rank: decisions (best epoch, early stop) must agree, and each rank's
+    validation can differ slightly (BatchNorm statistics of its own shard)."""
+    if _WORLD is None:
+        return values
+    t = _tensor(values)
+    dist.broadcast(t, src=0)
+    return t.cpu().tolist()
 
 
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -85,6 +85,13 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
     earlier = interrupted_run(experiment_id, cfg.name, config_hash) if resume else None
     children = {} if earlier is None else child_runs(experiment_id, earlier.info.run_id)
+    if earlier is not None and earlier.data.tags.get("data_hash") != data_hash:
+        raise UserError(
+            f"--resume: the data changed since run {earlier.info.run_id} (data hash {earlier.data.tags.get('data_hash')} -> {data_hash}); "
+            "its trials are not comparable with new ones: run without --resume"
+        )
+    if earlier is not None and earlier.info.status == "RUNNING":
+        echo(f"  warning: run {earlier.info.run_id} is marked RUNNING (killed without a chance to end it?); make sure no other process still runs it")
     if earlier is not None:
         echo(f"  resuming run {earlier.info.run_id} ({earlier.info.status}): {sum(r.info.status == 'FINISHED' for r in children.values())} finished trial(s) kept")
     start = {"run_id": earlier.info.run_id} if earlier is not None else {"experiment_id": experiment_id, "run_name": cfg.name, "tags": {**run_tags(cfg, config_path, data, device, data_hash), "config_hash": config_hash}}

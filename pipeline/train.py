@@ -241,6 +241,8 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["rng"])  # dropout draws: the continuation is the uninterrupted run
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         result.history = [dict(row) for row in state["history"]]
         result.best_epoch, result.best_score, since_best, spent = state["best_epoch"], state["best_score"], state["since_best"], state["train_seconds"]
         best_file = best_checkpoint_path(checkpoint)
@@ -300,7 +302,7 @@ def fit(
             **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
         }
         result.history.append(row)
-        score = row[cfg.select_metric]
+        score = distributed.from_main([row[cfg.select_metric]])[0]
         if score > result.best_score:
             result.best_score, result.best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -312,7 +314,8 @@ def fit(
         if main:  # one writer under torchrun
             save_checkpoint(
                 checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch if not stop else cfg.epochs - 1,
-                strategy=strategy.name, seed=seed, generator=generator.get_state(), rng=torch.get_rng_state(), history=result.history,
+                strategy=strategy.name, seed=seed, generator=generator.get_state(), rng=torch.get_rng_state(),
+                cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None, history=result.history,
                 best_epoch=result.best_epoch, best_score=result.best_score, since_best=since_best, train_seconds=time.perf_counter() - start,
             )
         if on_epoch is not None:

@@ -171,6 +171,8 @@ def test_concurrent_requests_are_batched(signal_server):
         ({"data": b"\x00\x00\x80", "headers": {"content-type": "application/octet-stream"}, "params": {"fs": FS}}, 422, "body", "multiple of 4"),
         ({"data": b"\x00" * 4096, "headers": {"content-type": "application/octet-stream"}}, 422, "fs", "?fs="),
         ({"data": b"1,2,3", "headers": {"content-type": "text/csv"}}, 415, "content-type", "application/json"),
+        ({"data": b'{"fs": 1' + b"0" * 400 + b', "data": [0.0]}', "headers": {"content-type": "application/json"}}, 422, "fs", "sample rate in Hz"),
+        ({"data": b'{"fs": 8000, "data": [1' + b"0" * 400 + b"]}", "headers": {"content-type": "application/json"}}, 422, "data", "list of numbers"),
     ],
 )
 def test_bad_signal_input_gets_a_4xx_naming_the_field(signal_server, kwargs, status, field, needle):
@@ -227,9 +229,11 @@ def test_reload_under_load_loses_no_request(signal_server, models):
     expected = OnnxInferencer(models["signal_b"]).predict_windows(cut_windows(_signal(9)[None], LENGTH, 512)).mean(0)
     now = signal_server.post("/v1/predict/signal", json={"fs": FS, "data": _signal(9).tolist()}).json()
     assert np.allclose([now["probabilities"][c] for c in ("good", "worn", "broken")], expected, atol=1e-5)  # the new model answers
+    same = signal_server.post("/v1/admin/reload", headers={"x-api-key": KEY})  # empty body: reload the current source
+    assert same.status_code == 200 and same.json()["model"]["source"] == str(models["signal_b"])
     refused = signal_server.post("/v1/admin/reload", json={"model": str(models["image"])}, headers={"x-api-key": KEY})
     assert refused.status_code == 422 and "previous model stays" in refused.json()["error"]["message"]
-    assert signal_server.metric("pipeline_reloads_total") >= 4
+    assert signal_server.metric("pipeline_reloads_total") >= 5
 
 
 def test_serve_refuses_a_missing_model_with_exit_code_2(tmp_path):

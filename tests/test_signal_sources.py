@@ -93,6 +93,12 @@ def test_manifest_bad_input_names_the_line_and_the_fix(tmp_path):
     (tmp_path / "norate.csv").write_text(text.replace(f",0,{FS},", ",0,,"))
     with pytest.raises(UserError, match="carries no sample rate; set data.folder.fs"):
         load_recordings(_folder_cfg(tmp_path / "norate.csv").data)
+    (tmp_path / "rate.csv").write_text(text.replace(f",0,{FS},", ",0,8k,"))
+    with pytest.raises(UserError, match=r"line 2: fs '8k' is not a sample rate"):
+        load_recordings(_folder_cfg(tmp_path / "rate.csv").data)
+    (tmp_path / "two.csv").write_text(text.replace(",acc,", ",acc|mic,", 1))
+    with pytest.raises(UserError, match=r"selects 2 channel\(s\) \['acc', 'mic'\] but data.folder.channel has 1"):
+        load_recordings(_folder_cfg(tmp_path / "two.csv").data)
     # A class only in the test split.
     lines = text.splitlines()
     lines = [ln.replace(",bad,", ",ugly,") if ln.startswith("bad3") else ln for ln in lines]

@@ -49,6 +49,18 @@ def _manifest_entries(manifest: Path) -> list[tuple[Path, str, dict[str, str]]]:
     return entries
 
 
+def _rate(cells: dict[str, str], where: str) -> float | None:
+    if not cells.get("fs"):
+        return None
+    try:
+        fs = float(cells["fs"])
+    except ValueError:
+        fs = -1.0
+    if not fs > 0:
+        raise UserError(f"{where}: fs {cells['fs']!r} is not a sample rate; write it in Hz as a positive number (12800, not 12.8k)")
+    return fs
+
+
 def _number(cells: dict[str, str], key: str) -> float | str:
     try:
         return float(cells[key])
@@ -85,8 +97,13 @@ def read_folder(config: FolderConfig, report: dict[str, list[str]] | None = None
         if cells.get("channels") or cells.get("channel"):  # the manifest's own channel(s) for this file
             names = [c.strip() for c in (cells.get("channels") or cells["channel"]).replace(";", "|").split("|") if c.strip()]
             channel = tuple(int(c) if c.isdigit() else c for c in names)
+            if len(channel) != len(config.channels):  # the model's metadata and the service use the config's count
+                raise UserError(
+                    f"{where}: the manifest selects {len(channel)} channel(s) {list(channel)} but data.folder.channel has "
+                    f"{len(config.channels)} {list(config.channels)}; give data.folder.channel the same number of channels (the model's inputs)"
+                )
         signal = loaded.select(channel, file)
-        declared = float(cells["fs"]) if cells.get("fs") else None
+        declared = _rate(cells, where)
         file_fs = loaded.fs or declared
         fs = config.fs or file_fs
         if fs is None:
