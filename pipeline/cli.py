@@ -249,6 +249,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         if data.is_image != inferencer.is_image or (not inferencer.is_image and (data.window or {}).get("length") != inferencer.window_length):
             raise UserError(f"the model ({'images' if inferencer.is_image else f'windows of {inferencer.window_length} samples'}) does not match CONFIG's data; give the config the model was trained with")
+        if inferencer.is_image and data.windows["test"].x.shape[-1] != inferencer.transform.image_size:
+            raise UserError(f"the model takes {inferencer.transform.image_size} px images but CONFIG prepares {data.windows['test'].x.shape[-1]} px; give the config the model was trained with")
         if not inferencer.is_image and abs(data.transform.fs - inferencer.fs) > 1e-6 * inferencer.fs:
             raise UserError(f"the model expects {inferencer.fs:g} Hz but CONFIG's data is at {data.transform.fs:g} Hz; give the config the model was trained with")
 
