@@ -196,6 +196,7 @@ def fit(
     """
     from models import head_path, layer_groups
 
+    began = time.perf_counter()  # training time includes the linear probe's feature pass
     x_train, y_train = train
     x_val, y_val = val
     model.to(device)
@@ -248,7 +249,7 @@ def fit(
         best_file = best_checkpoint_path(checkpoint)
         best_state = torch.load(best_file, map_location="cpu", weights_only=True)["model"] if best_file.is_file() else None
         first_epoch = state["epoch"] + 1
-    start = time.perf_counter() - spent
+    start = began - spent
     for epoch in range(first_epoch, cfg.epochs):
         net.train()
         if probe and not cached:  # the same computation as the cached path: backbone in eval mode, frozen
