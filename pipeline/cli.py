@@ -21,6 +21,17 @@ def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
 
 
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set train.epochs=2 --set transform.kind=stft",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -38,14 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the whole job described by CONFIG and print the comparison of strategies.",
     )
     run.add_argument("config", metavar="CONFIG", help="job file, e.g. configs/gearbox.yaml")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (repeatable), e.g. --set train.epochs=2 --set transform.kind=stft",
-    )
+    _add_overrides(run)
     run.add_argument("--resume", action="store_true", help="continue the last interrupted run of this config: finished trials are kept, the interrupted one continues from its last checkpoint")
     run.set_defaults(func=cmd_run)
 
@@ -95,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("config", metavar="CONFIG", help="the job file the model was trained with (its data gives calibration and test inputs)")
     export.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
-    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, as in `pipeline run`")
+    _add_overrides(export)
     export.add_argument("--variant", action="append", default=[], choices=["int8", "fp16"], help="int8 (CPU) and/or fp16 (GPU); repeatable")
     export.add_argument("--triton", metavar="DIR", default=None, help="write a Triton Inference Server model repository into DIR")
     export.add_argument("--out", metavar="DIR", default="artifacts/export", help="where the variants go (default artifacts/export)")

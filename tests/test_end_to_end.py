@@ -157,21 +157,27 @@ def test_predict_bad_input_exits_2_with_a_clear_message(finished_job):
     assert proc.returncode == 2 and "no-such-model" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path, stop):
+def _run_and_stop(tmp_path: Path, *, epochs: int, experiment: str, when: str, stop: int) -> tuple[Path, int, str]:
+    """Start the tiny job as a real process, send `stop` once checkpoint `when` exists; (config, exit code, stderr)."""
     job = copy.deepcopy(TINY_JOB)
-    job["train"]["epochs"] = 30
-    job["tracking"]["experiment"] = "interrupted"
-    cfg_path = write_config(tmp_path / "long.yaml", job)
+    job["train"]["epochs"] = epochs
+    job["tracking"]["experiment"] = experiment
+    cfg_path = write_config(tmp_path / f"{experiment}.yaml", job)
     env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not list(tmp_path.rglob("scratch.pt")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+    while not list(tmp_path.rglob(when)) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "KILLED" in err and "Traceback" not in err
+    return cfg_path, proc.returncode, err
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path, stop):
+    _, returncode, err = _run_and_stop(tmp_path, epochs=30, experiment="interrupted", when="scratch.pt", stop=stop)
+    assert returncode == 130 and "KILLED" in err and "Traceback" not in err
     ckpt = next(tmp_path.rglob("scratch.pt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["epoch"] >= 0 and "model" in state and "optimizer" in state
@@ -227,18 +233,9 @@ def test_export_command_writes_a_checked_int8_variant_and_a_triton_repository(fi
 
 
 def test_resume_continues_the_interrupted_job_in_the_same_runs(tmp_path):
-    job = copy.deepcopy(TINY_JOB)
-    job["train"]["epochs"] = 3
-    job["tracking"]["experiment"] = "resumable"
-    cfg_path = write_config(tmp_path / "resumable.yaml", job)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.rglob("finetune.pt")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)  # scratch finished, finetune after its first epoch
-    proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    # scratch finished, finetune after its first epoch
+    cfg_path, returncode, _ = _run_and_stop(tmp_path, epochs=3, experiment="resumable", when="finetune.pt", stop=signal.SIGINT)
+    assert returncode == 130
     client = _client(tmp_path)
     experiment = client.get_experiment_by_name("resumable").experiment_id
     parent = next(r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags)
