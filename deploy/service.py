@@ -189,7 +189,7 @@ class Batcher:
 
 
 class ModelHolder:
-    """The served model; `swap` replaces it atomically (batches already running keep the old one)."""
+    """The served model; `swap` replaces it atomically (requests already accepted run on the model they were checked against)."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
