@@ -259,7 +259,7 @@ class StftConfig(Section):
 class TransformConfig(Section):
     kind: Literal["cwt", "stft", "grid", "gaf", "image"] = "cwt"
     policy: Literal["resize", "center_crop", "pad"] = Field("resize", description="how images reach the square size")
-    image_size: int = Field(64, ge=16, le=1024, description="side of the square image fed to the network")
+    image_size: int | None = Field(64, ge=16, le=1024, description="side of the square image fed to the network (null: the backbone's native input size, e.g. 224)")
     floor_db: float = Field(-40.0, lt=0, description="dynamic range kept below the reference level, in dB")
     level: Literal["peak", "train"] = Field(
         "peak", description="dB reference: each image's own peak, or a level fitted on the training split (keeps absolute energy)"
@@ -457,6 +457,14 @@ class JobConfig(Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _native_image_size(self) -> JobConfig:
+        if self.transform.image_size is None:  # the weights' own input size (224 for ImageNet CNNs, 240/260 for Lite1/2)
+            from models import get_preprocessing
+
+            object.__setattr__(self.transform, "image_size", get_preprocessing(self.model.backbone).input_size)
+        return self
 
     @model_validator(mode="after")
     def _frequencies_below_nyquist(self) -> JobConfig:

@@ -181,3 +181,12 @@ def test_resume_continues_from_the_saved_epoch_exactly(tmp_path):
     for a, b in zip(straight.history, resumed.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6) and a["val_accuracy"] == b["val_accuracy"]
     assert resumed.best_epoch == straight.best_epoch
+
+
+def test_image_size_null_takes_the_backbones_native_input_size():
+    from pipeline.config import load_config
+    from tests.conftest import ROOT
+
+    sizes = {b: load_config(ROOT / "configs" / "gearbox.yaml", ["transform.image_size=null", f"model.backbone={b}"]).transform.image_size for b in ("resnet18", "efficientnet_lite1", "efficientnet_lite2")}
+    assert sizes == {"resnet18": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+    assert load_config(ROOT / "configs" / "gearbox.yaml").transform.image_size == 64  # explicit sizes stay
