@@ -21,6 +21,10 @@ def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
 
 
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
+
+
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
             "model's metadata, and print the class of the mean probability. Image models: classify each image."
         ),
     )
-    predict.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
+    _add_model(predict)
     predict.add_argument("files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv) or images (.png, .jpg, ...)")
     predict.add_argument("--fs", type=float, default=None, help="sample rate of the files in Hz (checked against the model's)")
     _add_tracking_uri(predict)
@@ -98,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     export.add_argument("config", metavar="CONFIG", help="the job file the model was trained with (its data gives calibration and test inputs)")
-    export.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
+    _add_model(export)
     _add_overrides(export)
     export.add_argument("--variant", action="append", default=[], choices=["int8", "fp16"], help="int8 (CPU) and/or fp16 (GPU); repeatable")
     export.add_argument("--triton", metavar="DIR", default=None, help="write a Triton Inference Server model repository into DIR")
@@ -116,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
             "wanted, comes from the environment variable PIPELINE_API_KEY (never from the command line)."
         ),
     )
-    serve.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
+    _add_model(serve)
     _add_tracking_uri(serve)
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
