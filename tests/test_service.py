@@ -264,3 +264,14 @@ def test_triton_repository_layout(models, tmp_path):
     assert (folder / "labels.txt").read_text().split() == ["good", "worn", "broken"]
     copied = onnx.load(str(folder / "1" / "model.onnx"))
     assert copied.graph.input[0].name == "input" and json.loads((folder / "metadata.json").read_text())["transform"]["kind"] == "cwt"
+
+
+def test_resampling_is_bounded_and_matches_the_models_rate(models):
+    from deploy.service import ApiError, signal_windows
+
+    inferencer = OnnxInferencer(models["signal_a"])
+    windows = signal_windows(inferencer, _signal(4, 1500)[None], 4000.0, resample=True)  # 1,500 samples at 4 kHz -> 3,000 at 8 kHz
+    assert windows.shape == (4, 1, LENGTH)  # windows of 1,024 every 512 samples
+    with pytest.raises(ApiError, match="limited to a factor of 16") as err:
+        signal_windows(inferencer, _signal(4, 3000)[None], 100.0, resample=True)
+    assert err.value.status == 422 and err.value.field == "fs"
