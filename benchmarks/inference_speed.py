@@ -50,10 +50,15 @@ def main() -> None:
     export_onnx(model, x[:8], fp32, metadata={"classes": [str(i) for i in range(args.classes)]})
     int8 = make_int8(fp32, folder / "model.int8.onnx", x.numpy())
     model = model.to(memory_format=torch.channels_last)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; EfficientNet-Lite0 at {args.size} px; rounds {args.rounds}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; EfficientNet-Lite0 at {args.size} px; rounds {args.rounds}"
+    )
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        sessions = {name: create_session(path, providers=["CPUExecutionProvider"], threads=threads) for name, path in (("fp32", fp32), ("int8", int8))}
+        sessions = {
+            name: create_session(path, providers=["CPUExecutionProvider"], threads=threads)
+            for name, path in (("fp32", fp32), ("int8", int8))
+        }
         for batch in (1, 32):
             xb = x[:batch].contiguous(memory_format=torch.channels_last)
             xn = np.ascontiguousarray(x[:batch].numpy())
@@ -62,13 +67,19 @@ def main() -> None:
             for _ in range(args.rounds):
                 with torch.inference_mode():
                     times["torch eager"].append(per_call(lambda: model(xb), calls))
-                times["ort fp32"].append(per_call(lambda: sessions["fp32"].run(None, {INPUT_NAME: xn}), calls))
-                times["ort int8"].append(per_call(lambda: sessions["int8"].run(None, {INPUT_NAME: xn}), calls))
+                times["ort fp32"].append(
+                    per_call(lambda: sessions["fp32"].run(None, {INPUT_NAME: xn}), calls)
+                )
+                times["ort int8"].append(
+                    per_call(lambda: sessions["int8"].run(None, {INPUT_NAME: xn}), calls)
+                )
             med = {k: statistics.median(v) for k, v in times.items()}
             ort_vs_torch = statistics.median(t / o for t, o in zip(times["torch eager"], times["ort fp32"]))
             int8_vs_fp32 = statistics.median(f / i for f, i in zip(times["ort fp32"], times["ort int8"]))
             rate = " ".join(f"{k} {batch / v:7.0f} img/s ({v * 1e3:6.2f} ms)" for k, v in med.items())
-            print(f"  threads {threads} batch {batch:2d}: {rate} | ORT/torch {ort_vs_torch:.2f}x, INT8/FP32 {int8_vs_fp32:.2f}x")
+            print(
+                f"  threads {threads} batch {batch:2d}: {rate} | ORT/torch {ort_vs_torch:.2f}x, INT8/FP32 {int8_vs_fp32:.2f}x"
+            )
 
 
 if __name__ == "__main__":

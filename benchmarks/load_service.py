@@ -51,10 +51,25 @@ def default_models(folder: Path) -> tuple[Path, Path]:
     cwt = CwtTransform(fs=FS, image_size=64, floor_db=-40, f_min=200, f_max=6000, n_scales=64)
     windows = np.random.default_rng(0).standard_normal((4, LENGTH)).astype(np.float32)
     signal = folder / "signal.onnx"
-    export_onnx(net, cwt(windows), signal, metadata={"classes": classes, "transform": cwt.to_dict(), "window": {"length": LENGTH, "hop": 1024}, "channels": [0]})
+    export_onnx(
+        net,
+        cwt(windows),
+        signal,
+        metadata={
+            "classes": classes,
+            "transform": cwt.to_dict(),
+            "window": {"length": LENGTH, "hop": 1024},
+            "channels": [0],
+        },
+    )
     img = ImageTransform(image_size=64)
     image = folder / "image.onnx"
-    export_onnx(net, img([np.random.default_rng(1).random((128, 128)).astype(np.float32)] * 2), image, metadata={"classes": classes, "transform": img.to_dict()})
+    export_onnx(
+        net,
+        img([np.random.default_rng(1).random((128, 128)).astype(np.float32)] * 2),
+        image,
+        metadata={"classes": classes, "transform": img.to_dict()},
+    )
     return signal, image
 
 
@@ -69,8 +84,20 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "serve", "--model", str(model), "--port", str(self.port), *flags],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "serve",
+                "--model",
+                str(model),
+                "--port",
+                str(self.port),
+                *flags,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -87,7 +114,9 @@ class Service:
         self.proc.wait(timeout=30)
 
 
-def round_of(url: str, path: str, body: bytes, headers: dict[str, str], clients: int, per_client: int) -> tuple[float, list[float], int]:
+def round_of(
+    url: str, path: str, body: bytes, headers: dict[str, str], clients: int, per_client: int
+) -> tuple[float, list[float], int]:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -135,15 +164,27 @@ def main() -> None:
     signal_model = args.signal_model or signal_model
     image_model = args.image_model or image_model
     png = io.BytesIO()
-    Image.fromarray((np.random.default_rng(2).random((128, 128)) * 255).astype(np.uint8)).save(png, format="PNG")
+    Image.fromarray((np.random.default_rng(2).random((128, 128)) * 255).astype(np.uint8)).save(
+        png, format="PNG"
+    )
     kinds = {
-        "signal": (signal_model, f"/v1/predict/signal?fs={FS}", np.random.default_rng(3).standard_normal(LENGTH).astype("<f4").tobytes(), {"content-type": "application/octet-stream"}),
+        "signal": (
+            signal_model,
+            f"/v1/predict/signal?fs={FS}",
+            np.random.default_rng(3).standard_normal(LENGTH).astype("<f4").tobytes(),
+            {"content-type": "application/octet-stream"},
+        ),
         "image": (image_model, "/v1/predict/image", png.getvalue(), {"content-type": "image/png"}),
     }
     extra = ["--threads", args.threads] if args.threads else []
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.clients} clients x {args.requests} requests x {args.rounds} rounds per mode")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.clients} clients x {args.requests} requests x {args.rounds} rounds per mode"
+    )
     for kind, (model, path, body, headers) in kinds.items():
-        services = {"batching on": Service(model, "--max-batch", "32", "--max-wait-ms", "5", *extra), "batching off": Service(model, "--no-batching", *extra)}
+        services = {
+            "batching on": Service(model, "--max-batch", "32", "--max-wait-ms", "5", *extra),
+            "batching off": Service(model, "--no-batching", *extra),
+        }
         try:
             for service in services.values():  # warm both
                 round_of(service.url, path, body, headers, 4, 2)
@@ -156,8 +197,12 @@ def main() -> None:
                     results[mode]["err"].append(err)
             for mode, r in results.items():
                 p50, p95, p99 = (np.percentile(r["lat"], q) * 1e3 for q in (50, 95, 99))
-                print(f"  {kind:6s} {mode:12s}: {statistics.median(r['rps']):7.1f} req/s  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms  errors {sum(r['err'])}/{len(r['lat'])}")
-            ratio = statistics.median(a / b for a, b in zip(results["batching on"]["rps"], results["batching off"]["rps"]))
+                print(
+                    f"  {kind:6s} {mode:12s}: {statistics.median(r['rps']):7.1f} req/s  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms  errors {sum(r['err'])}/{len(r['lat'])}"
+                )
+            ratio = statistics.median(
+                a / b for a, b in zip(results["batching on"]["rps"], results["batching off"]["rps"])
+            )
             print(f"  {kind:6s} throughput batching on / off: median {ratio:.2f}x over {args.rounds} rounds")
         finally:
             for service in services.values():

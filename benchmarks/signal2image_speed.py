@@ -41,8 +41,12 @@ def timed(fn) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 gives steadier numbers on a shared machine)")
-    parser.add_argument("--wavelet", default="morl", help="PyWavelets continuous wavelet (complex ones cost two inverse FFTs)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 gives steadier numbers on a shared machine)"
+    )
+    parser.add_argument(
+        "--wavelet", default="morl", help="PyWavelets continuous wavelet (complex ones cost two inverse FFTs)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x = np.random.default_rng(0).standard_normal((N_WINDOWS, LENGTH)).astype(np.float32)
@@ -50,7 +54,11 @@ def main() -> None:
     cwt = CwtTransform(fs=FS, wavelet=args.wavelet, f_min=50, f_max=5000, n_scales=N_SCALES)
     wavelet = pywt.ContinuousWavelet(args.wavelet)
     x64 = x[:16].astype(np.float64)
-    exact = np.abs(np.transpose(pywt.cwt(x64, cwt.scales_, wavelet, sampling_period=1 / FS, method="fft", axis=-1)[0], (1, 0, 2)))
+    exact = np.abs(
+        np.transpose(
+            pywt.cwt(x64, cwt.scales_, wavelet, sampling_period=1 / FS, method="fft", axis=-1)[0], (1, 0, 2)
+        )
+    )
     err_cwt = float(np.abs(cwt.magnitude(x[:16]).numpy() - exact).max() / exact.max())
     cwt.magnitude(x[:2])  # builds the filter bank once, as a running service would
     try:
@@ -66,15 +74,26 @@ def main() -> None:
     p0, p1 = sft.lower_border_end[1], sft.upper_border_begin(LENGTH)[1]
     stft = StftTransform(fs=FS, nperseg=256, hop=128)
 
-    ratios: dict[str, list[float]] = {"cwt vs pywt fft": [], "cwt (reused out) vs pywt": [], "cwt vs ssqueezepy": [], "stft vs ShortTimeFFT": []}
-    times: dict[str, list[float]] = {k: [] for k in ("ours cwt", "ours cwt, out=", "pywt fft", "ssqueezepy", "ours stft", "ShortTimeFFT")}
+    ratios: dict[str, list[float]] = {
+        "cwt vs pywt fft": [],
+        "cwt (reused out) vs pywt": [],
+        "cwt vs ssqueezepy": [],
+        "stft vs ShortTimeFFT": [],
+    }
+    times: dict[str, list[float]] = {
+        k: [] for k in ("ours cwt", "ours cwt, out=", "pywt fft", "ssqueezepy", "ours stft", "ShortTimeFFT")
+    }
     bank = cwt.filter_bank(LENGTH)
     buffer = torch.empty((N_WINDOWS, N_SCALES, LENGTH))
     err_stft = 0.0
     for _ in range(args.rounds):
         t_ours, ours = timed(lambda: cwt.magnitude(x))
-        t_pywt, _ = timed(lambda: pywt.cwt(x, cwt.scales_, wavelet, sampling_period=1 / FS, method="fft", axis=-1))
-        t_reuse, _ = timed(lambda: bank.magnitude(x, out=buffer))  # a stream or service reusing its output buffer
+        t_pywt, _ = timed(
+            lambda: pywt.cwt(x, cwt.scales_, wavelet, sampling_period=1 / FS, method="fft", axis=-1)
+        )
+        t_reuse, _ = timed(
+            lambda: bank.magnitude(x, out=buffer)
+        )  # a stream or service reusing its output buffer
         times["ours cwt"].append(t_ours)
         times["ours cwt, out="].append(t_reuse)
         times["pywt fft"].append(t_pywt)
@@ -91,14 +110,22 @@ def main() -> None:
         times["ShortTimeFFT"].append(t_sc)
         ratios["stft vs ShortTimeFFT"].append(t_sc / t_st)
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads {args.threads}; wavelet {args.wavelet}; rounds {args.rounds}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads {args.threads}; wavelet {args.wavelet}; rounds {args.rounds}"
+    )
     for name, values in times.items():
         if values:
-            print(f"  {name:14s} median {statistics.median(values) * 1e3:8.1f} ms = {N_WINDOWS / statistics.median(values):9.0f} windows/s")
+            print(
+                f"  {name:14s} median {statistics.median(values) * 1e3:8.1f} ms = {N_WINDOWS / statistics.median(values):9.0f} windows/s"
+            )
     for name, values in ratios.items():
         if values:
-            print(f"  speed-up {name:22s} median {statistics.median(values):6.1f}x (min {min(values):.1f}x, max {max(values):.1f}x)")
-    print(f"  |CWT| max |ours - pywt.cwt (float64)| / max = {err_cwt:.1e};  STFT max |ours - ShortTimeFFT| / max = {err_stft:.1e}")
+            print(
+                f"  speed-up {name:22s} median {statistics.median(values):6.1f}x (min {min(values):.1f}x, max {max(values):.1f}x)"
+            )
+    print(
+        f"  |CWT| max |ours - pywt.cwt (float64)| / max = {err_cwt:.1e};  STFT max |ours - ShortTimeFFT| / max = {err_stft:.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,13 +28,26 @@ from pipeline.train import features_of, fit
 BACKBONE = "efficientnet_lite0"
 
 
-def epoch_time(strategy: StrategyConfig, x: torch.Tensor, y: torch.Tensor, *, cached: bool, epochs: int, folder: Path) -> tuple[float, float]:
+def epoch_time(
+    strategy: StrategyConfig, x: torch.Tensor, y: torch.Tensor, *, cached: bool, epochs: int, folder: Path
+) -> tuple[float, float]:
     """(seconds per epoch after the first, seconds of the first epoch)."""
     torch.manual_seed(0)
     model = build_model(BACKBONE, num_classes=5, pretrained=True)
     cfg = TrainConfig(epochs=epochs, batch_size=32)
-    out = fit(model, (x, y), (x[:64], y[:64]), n_classes=5, strategy=strategy, cfg=cfg, seed=0, device=torch.device("cpu"),
-              checkpoint=folder / "c.pt", backbone=BACKBONE, cache_features=cached)
+    out = fit(
+        model,
+        (x, y),
+        (x[:64], y[:64]),
+        n_classes=5,
+        strategy=strategy,
+        cfg=cfg,
+        seed=0,
+        device=torch.device("cpu"),
+        checkpoint=folder / "c.pt",
+        backbone=BACKBONE,
+        cache_features=cached,
+    )
     times = [r["epoch_seconds"] for r in out.history]
     return statistics.median(times[1:]) if len(times) > 1 else times[0], times[0]
 
@@ -47,7 +60,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads {args.threads}; {BACKBONE}, batch 32")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads {args.threads}; {BACKBONE}, batch 32"
+    )
 
     x = torch.randn(args.images, 3, 64, 64)
     y = torch.arange(args.images) % 5
@@ -63,16 +78,20 @@ def main() -> None:
     start = time.perf_counter()
     features_of(model, head_path(BACKBONE), x, device=torch.device("cpu"))
     once = time.perf_counter() - start
-    print(f"  linear probe, {args.images} images at 64 px: frozen backbone every epoch {statistics.median(frozen_epochs):.2f} s/epoch, "
-          f"cached features {statistics.median(cached_epochs) * 1e3:.1f} ms/epoch (+ {once:.2f} s once for the features): "
-          f"median ratio {statistics.median(ratios):.0f}x")
+    print(
+        f"  linear probe, {args.images} images at 64 px: frozen backbone every epoch {statistics.median(frozen_epochs):.2f} s/epoch, "
+        f"cached features {statistics.median(cached_epochs) * 1e3:.1f} ms/epoch (+ {once:.2f} s once for the features): "
+        f"median ratio {statistics.median(ratios):.0f}x"
+    )
 
     for size in (64, 224):
         n = 256 if size == 64 else 64
         xs = torch.randn(n, 3, size, size)
         ys = torch.arange(n) % 5
         for name, kind, lr in (("scratch", "scratch", 3e-3), ("finetune", "finetune", 1e-3)):
-            per_epoch, _ = epoch_time(StrategyConfig(name=name, kind=kind, lr=lr), xs, ys, cached=False, epochs=2, folder=folder)
+            per_epoch, _ = epoch_time(
+                StrategyConfig(name=name, kind=kind, lr=lr), xs, ys, cached=False, epochs=2, folder=folder
+            )
             print(f"  {name:8s} at {size:3d} px: {n / per_epoch:6.1f} images/s ({n} images per epoch)")
 
 

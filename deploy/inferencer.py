@@ -40,7 +40,9 @@ def choose_providers(preference: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def create_session(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None) -> ort.InferenceSession:
+def create_session(
+    path: str | Path, *, providers: list[str] | None = None, threads: int | None = None
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -67,14 +69,18 @@ class OnnxInferencer:
         threads: intra-op threads (default: ONNX Runtime's choice).
     """
 
-    def __init__(self, path: str | Path, *, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"model file {str(self.path)!r} not found")
         try:
             self.session = create_session(self.path, providers=providers, threads=threads)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            raise UserError(f"{self.path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
+            raise UserError(
+                f"{self.path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
         raw = self.session.get_modelmeta().custom_metadata_map
         try:
             self.metadata: dict[str, Any] = {k: json.loads(v) for k, v in raw.items()}
@@ -83,7 +89,9 @@ class OnnxInferencer:
             if not self.is_image:
                 self.window_length = int(self.metadata["window"]["length"])
                 self.window_hop = int(self.metadata["window"]["hop"])
-                self.channels: list[int | str] = list(self.metadata.get("channels", [self.metadata.get("channel", 0)]))
+                self.channels: list[int | str] = list(
+                    self.metadata.get("channels", [self.metadata.get("channel", 0)])
+                )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise UserError(
                 f"{self.path} lacks this project's metadata ({exc}); export it with `pipeline run`"
@@ -133,10 +141,18 @@ class OnnxInferencer:
             raise UserError("this model classifies images, not signal windows")
         windows = np.asarray(windows, dtype=np.float32)
         if windows.shape[-1] != self.window_length:
-            raise UserError(f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}")
-        if self.transform.signal_norm == "recording" and not normalised:  # the windows of one call are one recording
+            raise UserError(
+                f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}"
+            )
+        if (
+            self.transform.signal_norm == "recording" and not normalised
+        ):  # the windows of one call are one recording
             windows = windows if windows.ndim == 3 else windows[:, None, :]
-            windows = zscore(windows.transpose(1, 0, 2).reshape(windows.shape[1], -1)).reshape(windows.shape[1], len(windows), -1).transpose(1, 0, 2)
+            windows = (
+                zscore(windows.transpose(1, 0, 2).reshape(windows.shape[1], -1))
+                .reshape(windows.shape[1], len(windows), -1)
+                .transpose(1, 0, 2)
+            )
         try:
             inputs = self.transform(windows)
         except ValueError as exc:
@@ -147,21 +163,24 @@ class OnnxInferencer:
         """A whole signal (channels, samples) cut into the model's windows; verdict from the mean probability."""
         signal = self.select_channels(np.atleast_2d(np.asarray(signal, dtype=np.float32)))
         if fs is not None and abs(fs - self.fs) > 1e-6 * self.fs:
-            raise UserError(f"the signal is sampled at {fs:g} Hz but the model expects {self.fs:g} Hz; resample it first")
+            raise UserError(
+                f"the signal is sampled at {fs:g} Hz but the model expects {self.fs:g} Hz; resample it first"
+            )
         if signal.shape[-1] < self.window_length:
             raise UserError(
                 f"the signal has {signal.shape[-1]} samples; this model needs at least one window of {self.window_length}"
             )
         if self.transform.signal_norm == "recording":  # the whole signal is the recording, as in training
             signal = zscore(signal)
-        probs = self.predict_windows(cut_windows(signal, self.window_length, self.window_hop), normalised=True)
+        probs = self.predict_windows(
+            cut_windows(signal, self.window_length, self.window_hop), normalised=True
+        )
         mean = probs.mean(axis=0)
         return SignalPrediction(
             label=self.classes[int(mean.argmax())],
             probabilities={c: float(p) for c, p in zip(self.classes, mean)},
             window_labels=[self.classes[i] for i in probs.argmax(axis=1)],
         )
-
 
     def select_channels(self, signal: np.ndarray) -> np.ndarray:
         """(channels, samples) -> the model's sensors, in its order.
@@ -174,7 +193,9 @@ class OnnxInferencer:
             return signal
         if all(isinstance(c, int) for c in want) and max(want) < signal.shape[0]:  # type: ignore[type-var]
             return signal[list(want)]
-        raise UserError(f"the signal has {signal.shape[0]} channel(s); the model was trained on {len(want)} channel(s) {want}: send exactly those")
+        raise UserError(
+            f"the signal has {signal.shape[0]} channel(s); the model was trained on {len(want)} channel(s) {want}: send exactly those"
+        )
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -106,6 +106,7 @@ def export_onnx(
         same_predictions=bool(np.array_equal(got.argmax(1), expected.argmax(1))),
     )
     if report.max_abs_diff > report.allowed(tolerance) or not report.same_predictions:
-        raise ExportError(f"{path}: {report}, allowed {report.allowed(tolerance):.2e}; the export is not faithful")
+        raise ExportError(
+            f"{path}: {report}, allowed {report.allowed(tolerance):.2e}; the export is not faithful"
+        )
     return report
-

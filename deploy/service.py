@@ -27,7 +27,15 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from deploy.inferencer import OnnxInferencer
 from pipeline.errors import UserError
@@ -83,20 +91,52 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("pipeline_requests_total", "Requests by endpoint and status code", ["endpoint", "status"], registry=self.registry)
-        self.errors = Counter("pipeline_errors_total", "Requests answered with an error, by endpoint and field", ["endpoint", "field"], registry=self.registry)
+        self.requests = Counter(
+            "pipeline_requests_total",
+            "Requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "pipeline_errors_total",
+            "Requests answered with an error, by endpoint and field",
+            ["endpoint", "field"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
-            "pipeline_request_latency_seconds", "Time from request to response", ["endpoint"], registry=self.registry,
+            "pipeline_request_latency_seconds",
+            "Time from request to response",
+            ["endpoint"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.batch_size = Histogram("pipeline_batch_size", "Windows or images per model run", registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.batch_requests = Histogram("pipeline_batch_requests", "Requests served by one model run", registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.batch_size = Histogram(
+            "pipeline_batch_size",
+            "Windows or images per model run",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.batch_requests = Histogram(
+            "pipeline_batch_requests",
+            "Requests served by one model run",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
         self.queue_time = Histogram(
-            "pipeline_queue_time_seconds", "Time a request waited for its batch to start", registry=self.registry,
+            "pipeline_queue_time_seconds",
+            "Time a request waited for its batch to start",
+            registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
-        self.model_info = Gauge("pipeline_model_info", "The model being served", ["name", "version", "source"], registry=self.registry)
-        self.reloads = Counter("pipeline_reloads_total", "Model reloads by outcome", ["outcome"], registry=self.registry)
+        self.model_info = Gauge(
+            "pipeline_model_info",
+            "The model being served",
+            ["name", "version", "source"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "pipeline_reloads_total", "Model reloads by outcome", ["outcome"], registry=self.registry
+        )
 
 
 @dataclass
@@ -112,8 +152,22 @@ class Batcher:
     """Gathers concurrent requests into batches of at most `max_batch` samples and runs each batch
     in one worker thread (the event loop stays free to accept requests meanwhile)."""
 
-    def __init__(self, run: Callable[[OnnxInferencer, str, Any], np.ndarray], *, max_batch: int, max_wait_ms: float, enabled: bool, metrics: Metrics) -> None:
-        self.run, self.max_batch, self.max_wait, self.enabled, self.metrics = run, max_batch, max_wait_ms / 1000, enabled, metrics
+    def __init__(
+        self,
+        run: Callable[[OnnxInferencer, str, Any], np.ndarray],
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        enabled: bool,
+        metrics: Metrics,
+    ) -> None:
+        self.run, self.max_batch, self.max_wait, self.enabled, self.metrics = (
+            run,
+            max_batch,
+            max_wait_ms / 1000,
+            enabled,
+            metrics,
+        )
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.task: asyncio.Task[None] | None = None
@@ -146,10 +200,18 @@ class Batcher:
         while size < self.max_batch:
             remaining = deadline - time.perf_counter()
             try:
-                job = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
+                job = (
+                    self.queue.get_nowait()
+                    if remaining <= 0
+                    else await asyncio.wait_for(self.queue.get(), remaining)
+                )
             except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 break
-            if size + len(job.inputs) > self.max_batch or job.kind != batch[0].kind or job.inferencer is not batch[0].inferencer:
+            if (
+                size + len(job.inputs) > self.max_batch
+                or job.kind != batch[0].kind
+                or job.inferencer is not batch[0].inferencer
+            ):
                 self.pending = job
                 break
             batch.append(job)
@@ -180,7 +242,9 @@ class Batcher:
             inputs = [image for job in batch for image in job.inputs]
         self.metrics.batch_size.observe(len(inputs))
         self.metrics.batch_requests.observe(len(batch))
-        probs = await loop.run_in_executor(self.executor, self.run, batch[0].inferencer, batch[0].kind, inputs)
+        probs = await loop.run_in_executor(
+            self.executor, self.run, batch[0].inferencer, batch[0].kind, inputs
+        )
         offset = 0
         for job in batch:
             if not job.future.done():
@@ -198,7 +262,12 @@ class ModelHolder:
         self.ready = False
 
     def load(self, source: str) -> OnnxInferencer:
-        inferencer = OnnxInferencer.from_uri(source, tracking_uri=self.settings.tracking_uri, providers=self.settings.providers, threads=self.settings.threads)
+        inferencer = OnnxInferencer.from_uri(
+            source,
+            tracking_uri=self.settings.tracking_uri,
+            providers=self.settings.providers,
+            threads=self.settings.threads,
+        )
         if self.settings.threads is None and inferencer.metadata.get("variant", {}).get("kind") == "int8":
             # Measured (benchmarks/RESULTS.md): INT8 ran as fast on 1 thread as on 2 at batch 32 and
             # twice as fast at batch 1; one thread leaves the other core to HTTP and the transform.
@@ -225,7 +294,11 @@ def warm_up(inferencer: OnnxInferencer) -> None:
         inferencer.predict_inputs(inferencer.transform([np.zeros((s, s), dtype=np.float32)]).numpy())
     else:
         channels = len(inferencer.channels)
-        inferencer.predict_windows(np.random.default_rng(0).standard_normal((2, channels, inferencer.window_length)).astype(np.float32))
+        inferencer.predict_windows(
+            np.random.default_rng(0)
+            .standard_normal((2, channels, inferencer.window_length))
+            .astype(np.float32)
+        )
 
 
 def model_description(inferencer: OnnxInferencer, source: str) -> dict[str, Any]:
@@ -241,7 +314,13 @@ def model_description(inferencer: OnnxInferencer, source: str) -> dict[str, Any]
         "providers": inferencer.providers,
     }
     if not inferencer.is_image:
-        out.update({"fs": inferencer.fs, "window": {"length": inferencer.window_length, "hop": inferencer.window_hop}, "channels": inferencer.channels})
+        out.update(
+            {
+                "fs": inferencer.fs,
+                "window": {"length": inferencer.window_length, "hop": inferencer.window_hop},
+                "channels": inferencer.channels,
+            }
+        )
     return out
 
 
@@ -251,16 +330,26 @@ def model_description(inferencer: OnnxInferencer, source: str) -> dict[str, Any]
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body", f"the body has {int(declared)} bytes; the limit is {limit} (serve with a larger --max-body-mb, or send fewer windows per call)")
+        raise ApiError(
+            413,
+            "body",
+            f"the body has {int(declared)} bytes; the limit is {limit} (serve with a larger --max-body-mb, or send fewer windows per call)",
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "body", f"the body exceeds the limit of {limit} bytes; send fewer windows per call")
+            raise ApiError(
+                413, "body", f"the body exceeds the limit of {limit} bytes; send fewer windows per call"
+            )
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body:
-        raise ApiError(400, "body", "the body is empty; send the signal as JSON {\"fs\": ..., \"data\": [...]} or float32 bytes, or an image")
+        raise ApiError(
+            400,
+            "body",
+            'the body is empty; send the signal as JSON {"fs": ..., "data": [...]} or float32 bytes, or an image',
+        )
     return body
 
 
@@ -269,7 +358,9 @@ def parse_fs(value: Any, source: str) -> float:
         fs = float(value)
     except (TypeError, ValueError, OverflowError):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise ApiError(422, "fs", f"fs must be the sample rate in Hz (a positive number), got {shown} in the {source}") from None
+        raise ApiError(
+            422, "fs", f"fs must be the sample rate in Hz (a positive number), got {shown} in the {source}"
+        ) from None
     if not math.isfinite(fs) or fs <= 0:
         raise ApiError(422, "fs", f"fs must be a positive finite number of Hz, got {value!r}")
     return fs
@@ -281,17 +372,29 @@ def parse_signal(body: bytes, content_type: str, query: dict[str, str]) -> tuple
         try:
             doc = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "body", f"the body is not valid JSON ({exc}); send {{\"fs\": 12800, \"data\": [...]}}") from None
+            raise ApiError(
+                400, "body", f'the body is not valid JSON ({exc}); send {{"fs": 12800, "data": [...]}}'
+            ) from None
         if not isinstance(doc, dict) or "data" not in doc or "fs" not in doc:
-            raise ApiError(422, "body", "the JSON needs the keys 'fs' (Hz) and 'data' (samples, or channels x samples)")
+            raise ApiError(
+                422, "body", "the JSON needs the keys 'fs' (Hz) and 'data' (samples, or channels x samples)"
+            )
         fs = parse_fs(doc["fs"], "JSON body")
         try:
             data = np.asarray(doc["data"], dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
-            raise ApiError(422, "data", "data must be a list of numbers (one channel) or a list of equal-length lists (channels x samples)") from None
+            raise ApiError(
+                422,
+                "data",
+                "data must be a list of numbers (one channel) or a list of equal-length lists (channels x samples)",
+            ) from None
     elif content_type.startswith("application/octet-stream"):
         if "fs" not in query:
-            raise ApiError(422, "fs", "float32 bodies need the sample rate as a query parameter: ?fs=12800 (and &channels=N for N channels, one after the other)")
+            raise ApiError(
+                422,
+                "fs",
+                "float32 bodies need the sample rate as a query parameter: ?fs=12800 (and &channels=N for N channels, one after the other)",
+            )
         fs = parse_fs(query["fs"], "query")
         channels = query.get("channels", "1")
         if not channels.isdigit() or int(channels) < 1:
@@ -303,14 +406,22 @@ def parse_signal(body: bytes, content_type: str, query: dict[str, str]) -> tuple
             raise ApiError(422, "channels", f"{data.size} values do not split into {channels} equal channels")
         data = data.reshape(int(channels), -1)
     else:
-        raise ApiError(415, "content-type", f"content type {content_type or '(none)'!r} is not accepted; use application/json or application/octet-stream")
+        raise ApiError(
+            415,
+            "content-type",
+            f"content type {content_type or '(none)'!r} is not accepted; use application/json or application/octet-stream",
+        )
     if data.ndim == 1:
         data = data[None, :]
     if data.ndim != 2 or data.size == 0:
-        raise ApiError(422, "data", f"data must be samples or channels x samples, got shape {list(data.shape)}")
+        raise ApiError(
+            422, "data", f"data must be samples or channels x samples, got shape {list(data.shape)}"
+        )
     if not np.all(np.isfinite(data)):
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise ApiError(422, "data", f"{bad} value(s) are NaN or Inf; clean or interpolate them before sending")
+        raise ApiError(
+            422, "data", f"{bad} value(s) are NaN or Inf; clean or interpolate them before sending"
+        )
     return data.astype(np.float32), fs
 
 
@@ -322,14 +433,26 @@ def signal_windows(inferencer: OnnxInferencer, signal: np.ndarray, fs: float, re
         raise ApiError(422, "data", str(exc)) from None
     if abs(fs - inferencer.fs) > 1e-6 * inferencer.fs:
         if not resample:
-            raise ApiError(422, "fs", f"the signal is sampled at {fs:g} Hz; this model expects {inferencer.fs:g} Hz (resample it, or serve with --resample)")
+            raise ApiError(
+                422,
+                "fs",
+                f"the signal is sampled at {fs:g} Hz; this model expects {inferencer.fs:g} Hz (resample it, or serve with --resample)",
+            )
         if not 1 / 16 <= inferencer.fs / fs <= 16:
-            raise ApiError(422, "fs", f"the signal is sampled at {fs:g} Hz; resampling to {inferencer.fs:g} Hz is limited to a factor of 16 either way")
+            raise ApiError(
+                422,
+                "fs",
+                f"the signal is sampled at {fs:g} Hz; resampling to {inferencer.fs:g} Hz is limited to a factor of 16 either way",
+            )
         from pipeline.ingest.folder import resample as polyphase
 
         signal = polyphase(signal, fs, inferencer.fs)
     if signal.shape[-1] < inferencer.window_length:
-        raise ApiError(422, "data", f"the signal has {signal.shape[-1]} samples per channel; this model needs at least one window of {inferencer.window_length} samples at {inferencer.fs:g} Hz")
+        raise ApiError(
+            422,
+            "data",
+            f"the signal has {signal.shape[-1]} samples per channel; this model needs at least one window of {inferencer.window_length} samples at {inferencer.fs:g} Hz",
+        )
     if inferencer.transform.signal_norm == "recording":  # the request's signal is the recording
         from signal2image.base import zscore
 
@@ -368,7 +491,9 @@ class MeasureMiddleware:
         async def watch(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
-                seen["field"] = next((v.decode() for k, v in message.get("headers", []) if k == b"x-error-field"), "")
+                seen["field"] = next(
+                    (v.decode() for k, v in message.get("headers", []) if k == b"x-error-field"), ""
+                )
             await send(message)
 
         try:
@@ -402,11 +527,23 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         inferencer = preloaded or await loop.run_in_executor(None, holder.load, settings.model)
         holder.swap(inferencer, settings.model)
         _describe(inferencer, settings.model)
-        batcher = Batcher(holder.run, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, enabled=settings.batching, metrics=metrics)
+        batcher = Batcher(
+            holder.run,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            enabled=settings.batching,
+            metrics=metrics,
+        )
         batcher.start()
         state["batcher"] = batcher
-        log.info("serving %s on %s (batching %s, max_batch %d, max_wait %.1f ms)", settings.model, inferencer.providers[0],
-                 "on" if settings.batching else "off", settings.max_batch, settings.max_wait_ms)
+        log.info(
+            "serving %s on %s (batching %s, max_batch %d, max_wait %.1f ms)",
+            settings.model,
+            inferencer.providers[0],
+            "on" if settings.batching else "off",
+            settings.max_batch,
+            settings.max_wait_ms,
+        )
         yield
         await batcher.stop()
 
@@ -420,13 +557,21 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": {"field": exc.field, "message": exc.message}}, status_code=exc.status, headers={"x-error-field": exc.field})
+        return JSONResponse(
+            {"error": {"field": exc.field, "message": exc.message}},
+            status_code=exc.status,
+            headers={"x-error-field": exc.field},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        return JSONResponse({"error": {"field": where, "message": first.get("msg", "invalid request")}}, status_code=422, headers={"x-error-field": where})
+        return JSONResponse(
+            {"error": {"field": where, "message": first.get("msg", "invalid request")}},
+            status_code=422,
+            headers={"x-error-field": where},
+        )
 
     app.add_middleware(MeasureMiddleware, metrics=metrics)
 
@@ -434,7 +579,11 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         if not required:
             return
         if settings.api_key is None:
-            raise ApiError(403, "X-API-Key", "this endpoint is disabled: start the service with an API key (PIPELINE_API_KEY) to enable it")
+            raise ApiError(
+                403,
+                "X-API-Key",
+                "this endpoint is disabled: start the service with an API key (PIPELINE_API_KEY) to enable it",
+            )
         given = request.headers.get("x-api-key", "")
         if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
             raise ApiError(401, "X-API-Key", "missing or wrong API key; send it in the X-API-Key header")
@@ -466,27 +615,52 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         payloads: list[tuple[str, bytes]] = []
         if content_type.startswith("multipart/form-data"):
             form = await request.form(max_part_size=settings.max_body_bytes)
-            payloads = [(str(getattr(v, "filename", k)), await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
+            payloads = [
+                (str(getattr(v, "filename", k)), await v.read())
+                for k, v in form.multi_items()
+                if hasattr(v, "read")
+            ]
             if not payloads:
-                raise ApiError(422, "file", "the multipart form holds no file; send the image(s) as file fields")
+                raise ApiError(
+                    422, "file", "the multipart form holds no file; send the image(s) as file fields"
+                )
         elif content_type.split(";")[0].strip() in IMAGE_TYPES:
             payloads = [("body", await read_body(request, settings.max_body_bytes))]
         else:
-            raise ApiError(415, "content-type", f"content type {content_type or '(none)'!r} is not accepted; send image/png, image/jpeg or multipart/form-data")
+            raise ApiError(
+                415,
+                "content-type",
+                f"content type {content_type or '(none)'!r} is not accepted; send image/png, image/jpeg or multipart/form-data",
+            )
         from pipeline.ingest.images import decode_image
 
         images = []
         for name, data in payloads:
             if len(data) > settings.max_body_bytes:
-                raise ApiError(413, "file", f"{name}: {len(data)} bytes exceed the limit of {settings.max_body_bytes}")
+                raise ApiError(
+                    413, "file", f"{name}: {len(data)} bytes exceed the limit of {settings.max_body_bytes}"
+                )
             try:
                 images.append(decode_image(data))
             except ValueError as exc:
-                raise ApiError(422, "file" if name != "body" else "body", f"{name}: not a readable image ({exc}); send PNG, JPEG, BMP, TIFF or WebP bytes") from None
+                raise ApiError(
+                    422,
+                    "file" if name != "body" else "body",
+                    f"{name}: not a readable image ({exc}); send PNG, JPEG, BMP, TIFF or WebP bytes",
+                ) from None
         probs = await state["batcher"].submit(inferencer, "images", images)
         classes = inferencer.classes
-        results = [{"file": name, "label": classes[int(p.argmax())], "probabilities": {c: float(v) for c, v in zip(classes, p)}} for (name, _), p in zip(payloads, probs)]
-        return JSONResponse(results[0] if len(results) == 1 and payloads[0][0] == "body" else {"results": results})
+        results = [
+            {
+                "file": name,
+                "label": classes[int(p.argmax())],
+                "probabilities": {c: float(v) for c, v in zip(classes, p)},
+            }
+            for (name, _), p in zip(payloads, probs)
+        ]
+        return JSONResponse(
+            results[0] if len(results) == 1 and payloads[0][0] == "body" else {"results": results}
+        )
 
     @app.get("/v1/model")
     async def model_info() -> JSONResponse:
@@ -512,24 +686,38 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         _authorise(request, True)
         body = await request.body()
         if len(body) > 1 << 16:
-            raise ApiError(413, "body", "a reload request is a small JSON object: {\"model\": \"models:/NAME@ALIAS\"}")
+            raise ApiError(
+                413, "body", 'a reload request is a small JSON object: {"model": "models:/NAME@ALIAS"}'
+            )
         try:
             doc = json.loads(body) if body.strip() else {}
             source = doc.get("model") or holder.source
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            raise ApiError(400, "body", "send JSON {\"model\": \"models:/NAME@ALIAS\" or a path}; an empty body reloads the current source") from None
+            raise ApiError(
+                400,
+                "body",
+                'send JSON {"model": "models:/NAME@ALIAS" or a path}; an empty body reloads the current source',
+            ) from None
         if not isinstance(source, str):
-            raise ApiError(422, "model", f"model must be a string (a path or models:/NAME@ALIAS), got {source!r}")
+            raise ApiError(
+                422, "model", f"model must be a string (a path or models:/NAME@ALIAS), got {source!r}"
+            )
         async with reload_lock:
             try:
                 inferencer = await asyncio.get_running_loop().run_in_executor(None, holder.load, source)
             except UserError as exc:
                 metrics.reloads.labels("failed").inc()
-                raise ApiError(422, "model", f"cannot load {source!r}: {exc}; the previous model stays in service") from None
+                raise ApiError(
+                    422, "model", f"cannot load {source!r}: {exc}; the previous model stays in service"
+                ) from None
             current = holder.inferencer
             if current is not None and current.is_image != inferencer.is_image:
                 metrics.reloads.labels("failed").inc()
-                raise ApiError(422, "model", f"{source!r} is {'an image' if inferencer.is_image else 'a signal'} model and this service serves the other kind; the previous model stays")
+                raise ApiError(
+                    422,
+                    "model",
+                    f"{source!r} is {'an image' if inferencer.is_image else 'a signal'} model and this service serves the other kind; the previous model stays",
+                )
             holder.swap(inferencer, source)  # requests in flight finish on the model they started with
             _describe(inferencer, source)
             metrics.reloads.labels("ok").inc()

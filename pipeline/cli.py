@@ -18,11 +18,17 @@ EXIT_USAGE = 2
 
 
 def _add_tracking_uri(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="an .onnx file or a registry URI such as models:/gearbox-fault@champion")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="an .onnx file or a registry URI such as models:/gearbox-fault@champion",
+    )
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", metavar="CONFIG", help="job file, e.g. configs/gearbox.yaml")
     _add_overrides(run)
-    run.add_argument("--resume", action="store_true", help="continue the last interrupted run of this config: finished trials are kept, the interrupted one continues from its last checkpoint")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the last interrupted run of this config: finished trials are kept, the interrupted one continues from its last checkpoint",
+    )
     run.set_defaults(func=cmd_run)
 
     predict = sub.add_parser(
@@ -66,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_model(predict)
-    predict.add_argument("files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv) or images (.png, .jpg, ...)")
-    predict.add_argument("--fs", type=float, default=None, help="sample rate of the files in Hz (checked against the model's)")
+    predict.add_argument(
+        "files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv) or images (.png, .jpg, ...)"
+    )
+    predict.add_argument(
+        "--fs", type=float, default=None, help="sample rate of the files in Hz (checked against the model's)"
+    )
     _add_tracking_uri(predict)
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
     predict.set_defaults(func=cmd_predict)
@@ -78,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="The MLflow model registry of this project's store.",
     )
     models_sub = models_.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    listing = models_sub.add_parser("list", help="every registered version with its aliases, strategy, test accuracy and data hash")
+    listing = models_sub.add_parser(
+        "list", help="every registered version with its aliases, strategy, test accuracy and data hash"
+    )
     _add_tracking_uri(listing)
     listing.set_defaults(func=cmd_models_list)
     promote = models_sub.add_parser(
@@ -101,13 +117,38 @@ def build_parser() -> argparse.ArgumentParser:
             "against the FP32 model (accuracy change and speed-up), and/or a Triton model repository."
         ),
     )
-    export.add_argument("config", metavar="CONFIG", help="the job file the model was trained with (its data gives calibration and test inputs)")
+    export.add_argument(
+        "config",
+        metavar="CONFIG",
+        help="the job file the model was trained with (its data gives calibration and test inputs)",
+    )
     _add_model(export)
     _add_overrides(export)
-    export.add_argument("--variant", action="append", default=[], choices=["int8", "fp16"], help="int8 (CPU) and/or fp16 (GPU); repeatable")
-    export.add_argument("--triton", metavar="DIR", default=None, help="write a Triton Inference Server model repository into DIR")
-    export.add_argument("--out", metavar="DIR", default="artifacts/export", help="where the variants go (default artifacts/export)")
-    export.add_argument("--max-accuracy-drop", type=float, default=None, help="points of test accuracy a variant may lose (default: the config's export.max_accuracy_drop)")
+    export.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        choices=["int8", "fp16"],
+        help="int8 (CPU) and/or fp16 (GPU); repeatable",
+    )
+    export.add_argument(
+        "--triton",
+        metavar="DIR",
+        default=None,
+        help="write a Triton Inference Server model repository into DIR",
+    )
+    export.add_argument(
+        "--out",
+        metavar="DIR",
+        default="artifacts/export",
+        help="where the variants go (default artifacts/export)",
+    )
+    export.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=None,
+        help="points of test accuracy a variant may lose (default: the config's export.max_accuracy_drop)",
+    )
     _add_tracking_uri(export)
     export.set_defaults(func=cmd_export)
 
@@ -122,16 +163,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model(serve)
     _add_tracking_uri(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a container)",
+    )
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--max-batch", type=int, default=32, help="most windows/images per model run (default 32)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for others to join its batch (default 5)")
+    serve.add_argument(
+        "--max-batch", type=int, default=32, help="most windows/images per model run (default 32)"
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest a request waits for others to join its batch (default 5)",
+    )
     serve.add_argument("--no-batching", action="store_true", help="run every request on its own")
-    serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the measured best, see docs/deploy.md)")
-    serve.add_argument("--max-body-mb", type=float, default=16.0, help="largest accepted request body in MB (default 16)")
-    serve.add_argument("--resample", action="store_true", help="resample signals sent at another rate instead of refusing them")
-    serve.add_argument("--protect-predict", action="store_true", help="require the API key for predict too (reload always requires it)")
-    serve.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="execution provider (auto: CUDA when usable)")
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: the measured best, see docs/deploy.md)",
+    )
+    serve.add_argument(
+        "--max-body-mb", type=float, default=16.0, help="largest accepted request body in MB (default 16)"
+    )
+    serve.add_argument(
+        "--resample",
+        action="store_true",
+        help="resample signals sent at another rate instead of refusing them",
+    )
+    serve.add_argument(
+        "--protect-predict",
+        action="store_true",
+        help="require the API key for predict too (reload always requires it)",
+    )
+    serve.add_argument(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default="auto",
+        help="execution provider (auto: CUDA when usable)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     ui = sub.add_parser(
@@ -182,7 +254,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise UserError(f"{file}: not a readable image ({exc})") from None
             probs = inferencer.predict_images([image])[0]
             label = inferencer.classes[int(probs.argmax())]
-            result = {"file": file, "label": label, "probabilities": dict(zip(inferencer.classes, map(float, probs)))}
+            result = {
+                "file": file,
+                "label": label,
+                "probabilities": dict(zip(inferencer.classes, map(float, probs))),
+            }
             print(json.dumps(result) if args.json else f"{file}: {label} (p={probs.max():.3f})")
             continue
         loaded = read_signal_file(file)
@@ -191,7 +267,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         signal = loaded.select(wanted, file) if named or loaded.data.shape[0] != len(wanted) else loaded.data
         prediction = inferencer.predict_signal(signal, fs=args.fs or loaded.fs)
         if args.json:
-            print(json.dumps({"file": file, "label": prediction.label, "probabilities": prediction.probabilities, "windows": len(prediction.window_labels)}))
+            print(
+                json.dumps(
+                    {
+                        "file": file,
+                        "label": prediction.label,
+                        "probabilities": prediction.probabilities,
+                        "windows": len(prediction.window_labels),
+                    }
+                )
+            )
         else:
             agree = sum(label == prediction.label for label in prediction.window_labels)
             print(
@@ -216,7 +301,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from pipeline.report import text_table
 
     rows = list_versions(_registry_client(args.tracking_uri))
-    print(text_table(LIST_HEADERS, rows) if rows else "no registered models yet; `pipeline run CONFIG` registers one")
+    print(
+        text_table(LIST_HEADERS, rows)
+        if rows
+        else "no registered models yet; `pipeline run CONFIG` registers one"
+    )
     return 0
 
 
@@ -253,25 +342,46 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.variant:
         data = prepare_data(cfg, echo=lambda line: print(line))
         if list(data.classes) != list(inferencer.classes):
-            raise UserError(f"the model's classes {inferencer.classes} differ from the data's {data.classes}; give the config the model was trained with")
+            raise UserError(
+                f"the model's classes {inferencer.classes} differ from the data's {data.classes}; give the config the model was trained with"
+            )
 
-        if data.is_image != inferencer.is_image or (not inferencer.is_image and (data.window or {}).get("length") != inferencer.window_length):
-            raise UserError(f"the model ({'images' if inferencer.is_image else f'windows of {inferencer.window_length} samples'}) does not match CONFIG's data; give the config the model was trained with")
+        if data.is_image != inferencer.is_image or (
+            not inferencer.is_image and (data.window or {}).get("length") != inferencer.window_length
+        ):
+            raise UserError(
+                f"the model ({'images' if inferencer.is_image else f'windows of {inferencer.window_length} samples'}) does not match CONFIG's data; give the config the model was trained with"
+            )
         if inferencer.is_image and data.windows["test"].x.shape[-1] != inferencer.transform.image_size:
-            raise UserError(f"the model takes {inferencer.transform.image_size} px images but CONFIG prepares {data.windows['test'].x.shape[-1]} px; give the config the model was trained with")
+            raise UserError(
+                f"the model takes {inferencer.transform.image_size} px images but CONFIG prepares {data.windows['test'].x.shape[-1]} px; give the config the model was trained with"
+            )
         if not inferencer.is_image and abs(data.transform.fs - inferencer.fs) > 1e-6 * inferencer.fs:
-            raise UserError(f"the model expects {inferencer.fs:g} Hz but CONFIG's data is at {data.transform.fs:g} Hz; give the config the model was trained with")
+            raise UserError(
+                f"the model expects {inferencer.fs:g} Hz but CONFIG's data is at {data.transform.fs:g} Hz; give the config the model was trained with"
+            )
 
         def inputs(split: str, rows: np.ndarray | None = None) -> np.ndarray:
             x = np.asarray(data.windows[split].x if rows is None else data.windows[split].x[rows])
             if inferencer.is_image:
                 return inferencer.transform.normalise(torch.as_tensor(x)).numpy()
-            return inferencer.transform(x).numpy()  # prepared windows: already normalised per recording if so trained
+            return inferencer.transform(
+                x
+            ).numpy()  # prepared windows: already normalised per recording if so trained
 
-        pick = np.sort(np.random.default_rng(0).permutation(len(data.windows["train"]))[: cfg.export.calibration_inputs])  # transform only these
+        pick = np.sort(
+            np.random.default_rng(0).permutation(len(data.windows["train"]))[: cfg.export.calibration_inputs]
+        )  # transform only these
         calibration = inputs("train", pick)
         drop = cfg.export.max_accuracy_drop if args.max_accuracy_drop is None else args.max_accuracy_drop
-        reports = build_variants(model_path, list(dict.fromkeys(args.variant)), calibration=calibration, test_inputs=inputs("test"), test_labels=np.asarray(data.windows["test"].y), tolerance_points=drop)
+        reports = build_variants(
+            model_path,
+            list(dict.fromkeys(args.variant)),
+            calibration=calibration,
+            test_inputs=inputs("test"),
+            test_labels=np.asarray(data.windows["test"].y),
+            tolerance_points=drop,
+        )
         refused = [r.kind for r in reports if not r.accepted]
         if refused:
             for r in reports:
@@ -280,7 +390,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             notes.append(f"removed {refused}: they lose more than {drop:g} points of test accuracy")
     if args.triton:
         folder = write_triton_repository(model_path, Path(args.triton), name=cfg.tracking.registered_model)
-        notes.append(f"Triton repository: {folder} (run: tritonserver --model-repository {args.triton}; see docs/deploy.md)")
+        notes.append(
+            f"Triton repository: {folder} (run: tritonserver --model-repository {args.triton}; see docs/deploy.md)"
+        )
     for note in notes:
         print(note)
     return 1 if args.variant and refused else 0
@@ -294,7 +406,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from deploy.inferencer import choose_providers
     from deploy.service import ServiceSettings, create_app
 
-    for name, value, low in (("--max-batch", args.max_batch, 1), ("--port", args.port, 1), ("--max-body-mb", args.max_body_mb, 0.001)):
+    for name, value, low in (
+        ("--max-batch", args.max_batch, 1),
+        ("--port", args.port, 1),
+        ("--max-body-mb", args.max_body_mb, 0.001),
+    ):
         if value < low:
             raise UserError(f"{name} must be at least {low}, got {value}")
     if args.max_wait_ms < 0:
@@ -326,8 +442,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no MLflow store at {uri}; run `pipeline run configs/gearbox.yaml` first or pass --tracking-uri")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+        raise UserError(
+            f"no MLflow store at {uri}; run `pipeline run configs/gearbox.yaml` first or pass --tracking-uri"
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     print(f"MLflow UI on http://{args.host}:{args.port} ({uri}); Ctrl-C stops it", flush=True)
     os.execv(sys.executable, command)
     return 0  # not reached
@@ -349,7 +478,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: MLflow runs in progress are marked KILLED and the last checkpoints are kept", file=sys.stderr)
+        print(
+            "interrupted: MLflow runs in progress are marked KILLED and the last checkpoints are kept",
+            file=sys.stderr,
+        )
         return 130
 
 

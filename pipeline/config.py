@@ -76,11 +76,18 @@ class FolderConfig(Section):
 
     path: Path | None = None
     manifest: Path | None = None
-    fs: float | None = Field(None, gt=0, description="sample rate in Hz (default: from the files: CSV time column, WAV, TDMS, NPZ/MAT 'fs', the manifest's fs column)")
-    channel: int | str | tuple[int | str, ...] = Field(
-        0, description="channel index or name (CSV header, CWRU 'DE'/'FE'/'BA', TDMS 'group/channel'), or a list of up to 3 (R, G, B)"
+    fs: float | None = Field(
+        None,
+        gt=0,
+        description="sample rate in Hz (default: from the files: CSV time column, WAV, TDMS, NPZ/MAT 'fs', the manifest's fs column)",
     )
-    nan_policy: Literal["error", "drop"] = Field("error", description="a file with NaN/Inf stops the job, or is dropped and counted")
+    channel: int | str | tuple[int | str, ...] = Field(
+        0,
+        description="channel index or name (CSV header, CWRU 'DE'/'FE'/'BA', TDMS 'group/channel'), or a list of up to 3 (R, G, B)",
+    )
+    nan_policy: Literal["error", "drop"] = Field(
+        "error", description="a file with NaN/Inf stops the job, or is dropped and counted"
+    )
     resample: bool = Field(False, description="resample files at another rate to fs (polyphase)")
 
     @field_validator("channel")
@@ -88,7 +95,9 @@ class FolderConfig(Section):
     def _channels(cls, value: int | str | tuple[int | str, ...]) -> int | str | tuple[int | str, ...]:
         items = value if isinstance(value, tuple) else (value,)
         if not 1 <= len(items) <= 3:
-            raise ValueError(f"give 1 to 3 channels (they become the image's R, G, B), got {len(items)}: {list(items)}")
+            raise ValueError(
+                f"give 1 to 3 channels (they become the image's R, G, B), got {len(items)}: {list(items)}"
+            )
         for item in items:
             if isinstance(item, int) and item < 0:
                 raise ValueError(f"channel index must be >= 0, got {item}")
@@ -101,7 +110,9 @@ class FolderConfig(Section):
     @model_validator(mode="after")
     def _one_source(self) -> FolderConfig:
         if (self.path is None) == (self.manifest is None):
-            raise ValueError("give exactly one of data.folder.path (a folder per class) or data.folder.manifest (a CSV)")
+            raise ValueError(
+                "give exactly one of data.folder.path (a folder per class) or data.folder.manifest (a CSV)"
+            )
         return self
 
 
@@ -114,7 +125,9 @@ class ImagesConfig(Section):
     @model_validator(mode="after")
     def _one_source(self) -> ImagesConfig:
         if (self.path is None) == (self.manifest is None):
-            raise ValueError("give exactly one of data.images.path (a folder per class) or data.images.manifest (a CSV)")
+            raise ValueError(
+                "give exactly one of data.images.path (a folder per class) or data.images.manifest (a CSV)"
+            )
         return self
 
 
@@ -129,7 +142,11 @@ class UcrConfig(Section):
     dataset: str = Field("FordA", min_length=1)
     train: Path | None = None
     test: Path | None = None
-    fs: float = Field(500.0, gt=0, description="nominal sample rate: UCR series carry none (500 means one 500-sample series = 1 s)")
+    fs: float = Field(
+        500.0,
+        gt=0,
+        description="nominal sample rate: UCR series carry none (500 means one 500-sample series = 1 s)",
+    )
 
 
 class ElpvConfig(Section):
@@ -153,9 +170,15 @@ class SplitConfig(Section):
     val: float = Field(0.2, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0)
-    condition: str | None = Field(None, description="operating-condition key for by: condition (rpm, load, or a manifest column)")
-    test_values: tuple[float | str, ...] | None = Field(None, description="condition values held out as the test split")
-    test_range: tuple[float, float] | None = Field(None, description="[low, high]: condition values held out as the test split")
+    condition: str | None = Field(
+        None, description="operating-condition key for by: condition (rpm, load, or a manifest column)"
+    )
+    test_values: tuple[float | str, ...] | None = Field(
+        None, description="condition values held out as the test split"
+    )
+    test_range: tuple[float, float] | None = Field(
+        None, description="[low, high]: condition values held out as the test split"
+    )
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
@@ -166,7 +189,9 @@ class SplitConfig(Section):
             if not self.condition:
                 raise ValueError("by: condition needs data.split.condition (e.g. load or rpm)")
             if (self.test_values is None) == (self.test_range is None):
-                raise ValueError("by: condition needs exactly one of data.split.test_values (a list) or data.split.test_range ([low, high])")
+                raise ValueError(
+                    "by: condition needs exactly one of data.split.test_values (a list) or data.split.test_range ([low, high])"
+                )
         if self.test_range is not None:
             _ordered_pair(self.test_range, "test_range")
         return self
@@ -185,7 +210,9 @@ class WindowConfig(Section):
         length = int(round(self.length_s * fs)) if self.length_s else self.length
         hop = int(round(self.hop_s * fs)) if self.hop_s else self.hop
         if length < 16 or hop < 1:
-            raise ValueError(f"data.window gives {length} samples per window and a hop of {hop} at {fs:g} Hz; windows need at least 16 samples and a hop of at least 1")
+            raise ValueError(
+                f"data.window gives {length} samples per window and a hop of {hop} at {fs:g} Hz; windows need at least 16 samples and a hop of at least 1"
+            )
         return length, hop
 
 
@@ -199,12 +226,15 @@ class DataConfig(Section):
     images: ImagesConfig | None = None
     elpv: ElpvConfig = ElpvConfig()
     ucr: UcrConfig = UcrConfig()
-    cache: bool = Field(True, description="keep transformed signal data on disk and reuse it when nothing changed")
+    cache: bool = Field(
+        True, description="keep transformed signal data on disk and reuse it when nothing changed"
+    )
     cache_dir: Path = Field(Path(".cache/pipeline"), description="where the transformed-data cache lives")
     split: SplitConfig = SplitConfig()
     window: WindowConfig = WindowConfig()
     normalise: Literal["none", "window", "recording"] = Field(
-        "none", description="signal amplitude: z-score each window, or each recording before windowing (the service: each request's signal)"
+        "none",
+        description="signal amplitude: z-score each window, or each recording before windowing (the service: each request's signal)",
     )
 
     @model_validator(mode="after")
@@ -258,14 +288,23 @@ class StftConfig(Section):
 
 class TransformConfig(Section):
     kind: Literal["cwt", "stft", "grid", "gaf", "image"] = "cwt"
-    policy: Literal["resize", "center_crop", "pad"] = Field("resize", description="how images reach the square size")
-    image_size: int | None = Field(64, ge=16, le=1024, description="side of the square image fed to the network (null: the backbone's native input size, e.g. 224)")
+    policy: Literal["resize", "center_crop", "pad"] = Field(
+        "resize", description="how images reach the square size"
+    )
+    image_size: int | None = Field(
+        64,
+        ge=16,
+        le=1024,
+        description="side of the square image fed to the network (null: the backbone's native input size, e.g. 224)",
+    )
     floor_db: float = Field(-40.0, lt=0, description="dynamic range kept below the reference level, in dB")
     level: Literal["peak", "train"] = Field(
-        "peak", description="dB reference: each image's own peak, or a level fitted on the training split (keeps absolute energy)"
+        "peak",
+        description="dB reference: each image's own peak, or a level fitted on the training split (keeps absolute energy)",
     )
     normalise: Literal["backbone", "train"] = Field(
-        "backbone", description="per-channel mean/std: the backbone's pretraining statistics, or fitted on the training split"
+        "backbone",
+        description="per-channel mean/std: the backbone's pretraining statistics, or fitted on the training split",
     )
     cwt: CwtConfig = CwtConfig()
     stft: StftConfig = StftConfig()
@@ -273,7 +312,9 @@ class TransformConfig(Section):
     @model_validator(mode="after")
     def _level_needs_frequencies(self) -> TransformConfig:
         if self.level == "train" and self.kind not in ("cwt", "stft"):
-            raise ValueError(f"transform.level: train fits a dB level and needs kind cwt or stft, not {self.kind!r}; use level: peak")
+            raise ValueError(
+                f"transform.level: train fits a dB level and needs kind cwt or stft, not {self.kind!r}; use level: peak"
+            )
         return self
 
 
@@ -285,7 +326,8 @@ class ModelConfig(Section):
     )
     dropout: float = Field(0.2, ge=0, lt=1)
     in_channels: Literal[1, 3] = Field(
-        3, description="3: the grey image replicated to RGB; 1: one channel into a first convolution adapted by summing its RGB filters"
+        3,
+        description="3: the grey image replicated to RGB; 1: one channel into a first convolution adapted by summing its RGB filters",
     )
 
     @field_validator("backbone")
@@ -301,7 +343,9 @@ class ModelConfig(Section):
     @classmethod
     def _weights_source(cls, value: str) -> str:
         if value not in ("imagenet", "none") and not Path(value).is_file():
-            raise ValueError(f"weights must be 'imagenet', 'none' or an existing .pth file, got {value!r} (file not found)")
+            raise ValueError(
+                f"weights must be 'imagenet', 'none' or an existing .pth file, got {value!r} (file not found)"
+            )
         return value
 
     @property
@@ -333,7 +377,9 @@ class StrategyConfig(Section):
     lr: float = Field(gt=0, le=10)
     multipliers: MultipliersConfig = MultipliersConfig()
     head_epochs: int = Field(2, ge=1, description="gradual_unfreeze: epochs with only the head training")
-    unfreeze_factor: float = Field(0.1, gt=0, le=1, description="gradual_unfreeze: backbone rate after unfreezing, relative to lr")
+    unfreeze_factor: float = Field(
+        0.1, gt=0, le=1, description="gradual_unfreeze: backbone rate after unfreezing, relative to lr"
+    )
 
     @model_validator(mode="after")
     def _kind_from_name(self) -> StrategyConfig:
@@ -372,15 +418,25 @@ class TrainConfig(Section):
     nesterov: bool = Field(True, description="SGD with Nesterov momentum")
     weight_decay: float = Field(1e-2, ge=0, description="on weights only, never on norms and biases")
     schedule: Literal["cosine", "constant", "step", "onecycle"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 (cosine, step, constant); one-cycle: its rising phase")
-    step_epochs: int = Field(3, ge=1, description="step schedule: multiply the rate by step_gamma every step_epochs")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="linear warm-up from 0 (cosine, step, constant); one-cycle: its rising phase"
+    )
+    step_epochs: int = Field(
+        3, ge=1, description="step schedule: multiply the rate by step_gamma every step_epochs"
+    )
     step_gamma: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
-    early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation score")
-    seeds: tuple[int, ...] = Field((0,), min_length=1, description="one trained model per seed; the report gives mean and std")
+    early_stopping: int | None = Field(
+        None, ge=1, description="stop after this many epochs without a better validation score"
+    )
+    seeds: tuple[int, ...] = Field(
+        (0,), min_length=1, description="one trained model per seed; the report gives mean and std"
+    )
     train_fraction: tuple[float, ...] = Field(
-        (1.0,), min_length=1, description="fractions of the training recordings (per class) for a data-size sweep"
+        (1.0,),
+        min_length=1,
+        description="fractions of the training recordings (per class) for a data-size sweep",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
@@ -425,7 +481,9 @@ class TrainConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default: env MLFLOW_TRACKING_URI, else ./mlflow.db")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default: env MLFLOW_TRACKING_URI, else ./mlflow.db"
+    )
     artifact_dir: Path = Field(Path("mlartifacts"), description="artifact folder of the embedded store")
     experiment: str = Field("gearbox", min_length=1)
     registered_model: str = Field("gearbox-fault", min_length=1)
@@ -435,18 +493,33 @@ class TrackingConfig(Section):
     @classmethod
     def _not_reserved(cls, value: str) -> str:
         if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
-            raise ValueError(f"alias {value!r} is reserved by MLflow ('latest', 'v<number>'); choose another, e.g. 'champion'")
+            raise ValueError(
+                f"alias {value!r} is reserved by MLflow ('latest', 'v<number>'); choose another, e.g. 'champion'"
+            )
         return value
 
 
 class ExportConfig(Section):
     dir: Path = Field(Path("artifacts"), description="where ONNX files and checkpoints are written")
     opset: int = Field(17, ge=17, le=23)
-    tolerance: float = Field(1e-4, gt=0, description="max |logit difference| ONNX Runtime vs PyTorch (per unit of logit above 1)")
-    variants: tuple[Literal["int8", "fp16"], ...] = Field((), description="also write INT8 (CPU) and/or FP16 (GPU) variants, checked on the test set")
-    max_accuracy_drop: float = Field(1.0, ge=0, le=100, description="a variant losing more test accuracy than this (points) is not registered")
-    calibration_inputs: int = Field(256, ge=8, le=100_000, description="training inputs that calibrate the INT8 activations")
-    triton_dir: Path | None = Field(None, description="also write a Triton Inference Server model repository here")
+    tolerance: float = Field(
+        1e-4, gt=0, description="max |logit difference| ONNX Runtime vs PyTorch (per unit of logit above 1)"
+    )
+    variants: tuple[Literal["int8", "fp16"], ...] = Field(
+        (), description="also write INT8 (CPU) and/or FP16 (GPU) variants, checked on the test set"
+    )
+    max_accuracy_drop: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="a variant losing more test accuracy than this (points) is not registered",
+    )
+    calibration_inputs: int = Field(
+        256, ge=8, le=100_000, description="training inputs that calibrate the INT8 activations"
+    )
+    triton_dir: Path | None = Field(
+        None, description="also write a Triton Inference Server model repository here"
+    )
 
 
 class JobConfig(Section):
@@ -460,10 +533,14 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def _native_image_size(self) -> JobConfig:
-        if self.transform.image_size is None:  # the weights' own input size (224 for ImageNet CNNs, 240/260 for Lite1/2)
+        if (
+            self.transform.image_size is None
+        ):  # the weights' own input size (224 for ImageNet CNNs, 240/260 for Lite1/2)
             from models import get_preprocessing
 
-            object.__setattr__(self.transform, "image_size", get_preprocessing(self.model.backbone).input_size)
+            object.__setattr__(
+                self.transform, "image_size", get_preprocessing(self.model.backbone).input_size
+            )
         return self
 
     @model_validator(mode="after")
@@ -476,9 +553,16 @@ class JobConfig(Section):
             )
         if self.data.is_image:
             if self.data.split.by == "condition":
-                raise ValueError("data.split.by: condition is for signal recordings; image jobs split by part or by the manifest's split column")
+                raise ValueError(
+                    "data.split.by: condition is for signal recordings; image jobs split by part or by the manifest's split column"
+                )
             return self
-        if self.model.in_channels == 1 and self.data.source == "folder" and self.data.folder and len(self.data.folder.channels) > 1:
+        if (
+            self.model.in_channels == 1
+            and self.data.source == "folder"
+            and self.data.folder
+            and len(self.data.folder.channels) > 1
+        ):
             raise ValueError(
                 f"model.in_channels is 1 but data.folder.channel lists {len(self.data.folder.channels)} channels; "
                 "use one channel, or model.in_channels: 3 (channels become R, G, B)"
@@ -542,7 +626,9 @@ def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[
         source = str(path)
         file = Path(path)
         if not file.is_file():
-            raise ConfigError(f"config file {source!r} not found; pass the path of a YAML file such as configs/gearbox.yaml")
+            raise ConfigError(
+                f"config file {source!r} not found; pass the path of a YAML file such as configs/gearbox.yaml"
+            )
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
@@ -550,7 +636,9 @@ def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{source} must hold a mapping of sections (data, transform, train, ...), got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{source} must hold a mapping of sections (data, transform, train, ...), got {type(loaded).__name__}"
+            )
         raw = loaded
     for item in overrides:
         _apply_override(raw, item)

@@ -48,7 +48,9 @@ class PreparedData:
     seconds: float
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     window: dict[str, int] | None = None  # signals: {"length": samples, "hop": samples}
-    conditions: dict[str, Any] = field(default_factory=dict)  # how the split was made, and the held-out condition values
+    conditions: dict[str, Any] = field(
+        default_factory=dict
+    )  # how the split was made, and the held-out condition values
 
     @property
     def is_image(self) -> bool:
@@ -57,12 +59,20 @@ class PreparedData:
     def report(self) -> dict[str, Any]:
         """Units and samples per class and split, and what was skipped."""
         unit = "images" if self.is_image else "recordings"
-        out: dict[str, Any] = {"classes": self.classes, unit: self.split.report(), "samples": {}, "skipped_short_recordings": {}}
+        out: dict[str, Any] = {
+            "classes": self.classes,
+            unit: self.split.report(),
+            "samples": {},
+            "skipped_short_recordings": {},
+        }
         for name, ws in self.windows.items():
             counts = np.bincount(ws.y, minlength=len(self.classes))
             out["samples"][name] = {c: int(n) for c, n in zip(self.classes, counts)}
             out["skipped_short_recordings"][name] = list(ws.skipped)
-        out["skipped_files"] = {"count": len(self.skipped_files), "files": [{"path": p, "reason": r} for p, r in self.skipped_files]}
+        out["skipped_files"] = {
+            "count": len(self.skipped_files),
+            "files": [{"path": p, "reason": r} for p, r in self.skipped_files],
+        }
         if self.conditions:
             out["split"] = self.conditions
         return out
@@ -88,26 +98,48 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
     start = time.perf_counter()
     folder, hit = None, None
     if cfg.data.cache:  # the key stats every source file: only when caching
-        spec = {"transform": cfg.transform.model_dump(mode="json"), "preprocessing": list(get_preprocessing(cfg.model.backbone).__dict__.values())}
+        spec = {
+            "transform": cfg.transform.model_dump(mode="json"),
+            "preprocessing": list(get_preprocessing(cfg.model.backbone).__dict__.values()),
+        }
         folder = cfg.data.cache_dir / cache.cache_key(cfg, spec)
         hit = cache.load(folder)
     if hit is not None:
         classes, split, windows, images, skipped, spec, window, conditions = hit
         for name, ws in windows.items():
-            echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images (cached)")
+            echo(
+                f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images (cached)"
+            )
         echo(f"  from the cache {folder} (data and transform unchanged; data.cache: false rebuilds)")
-        return PreparedData(classes, split, windows, images, signal2image.from_dict(spec), time.perf_counter() - start, skipped, window, conditions)
+        return PreparedData(
+            classes,
+            split,
+            windows,
+            images,
+            signal2image.from_dict(spec),
+            time.perf_counter() - start,
+            skipped,
+            window,
+            conditions,
+        )
     dropped: dict[str, list[str]] = {}
     recordings = load_recordings(cfg.data, dropped)
     skipped = [(path, "NaN or Inf values (nan_policy: drop)") for path in dropped.get("nan_dropped", [])]
     if skipped:
-        echo(f"  warning: {len(skipped)} recording(s) with NaN/Inf dropped: {', '.join(p for p, _ in skipped[:5])}")
+        echo(
+            f"  warning: {len(skipped)} recording(s) with NaN/Inf dropped: {', '.join(p for p, _ in skipped[:5])}"
+        )
     classes = list(dict.fromkeys(r.label for r in recordings))
     # UCR: the archive's own test part stays the test split; a manifest's split column is used as is.
     split = split_recordings(recordings, cfg.data.split, official_test=cfg.data.source == "ucr")
     conditions = _split_conditions(cfg, split)
     if cfg.data.normalise == "recording":  # before windowing; "window" is done by the transform
-        split = Split(**{name: tuple(dataclasses.replace(r, signal=zscore(r.signal)) for r in items) for name, items in split.parts().items()})
+        split = Split(
+            **{
+                name: tuple(dataclasses.replace(r, signal=zscore(r.signal)) for r in items)
+                for name, items in split.parts().items()
+            }
+        )
     try:
         length, hop = cfg.data.window.samples(recordings[0].fs)
     except ValueError as exc:
@@ -121,24 +153,55 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
                 f"the window ({length} samples) or held out; lower data.window.length, add recordings or change data.split"
             )
         if missing:  # a held-out condition need not hold every fault
-            echo(f"  note: the {name} split has no window of class(es) {missing}; its metrics cover the others")
+            echo(
+                f"  note: the {name} split has no window of class(es) {missing}; its metrics cover the others"
+            )
     transform = build_transform(cfg, fs=recordings[0].fs)
     if cfg.transform.level == "train" or cfg.transform.normalise == "train":
         t0 = time.perf_counter()
-        transform.fit(windows["train"].x, level=cfg.transform.level == "train", stats=cfg.transform.normalise == "train", seed=cfg.data.split.seed)
-        fitted = (f"level {transform.level_db:.1f} dB, " if transform.level_db is not None else "") + f"mean {_short(transform.mean)}, std {_short(transform.std)}"
+        transform.fit(
+            windows["train"].x,
+            level=cfg.transform.level == "train",
+            stats=cfg.transform.normalise == "train",
+            seed=cfg.data.split.seed,
+        )
+        fitted = (
+            f"level {transform.level_db:.1f} dB, " if transform.level_db is not None else ""
+        ) + f"mean {_short(transform.mean)}, std {_short(transform.std)}"
         echo(f"  fitted on the training split: {fitted} ({time.perf_counter() - t0:.1f} s)")
     images = {}
     for name, ws in windows.items():
         t0 = time.perf_counter()
         images[name] = transform(ws.x)
-        echo(f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)")
+        echo(
+            f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)"
+        )
     if folder is not None:
         try:
-            cache.save(folder, classes, split, windows, images, skipped, transform.to_dict(), {"length": length, "hop": hop}, conditions)
+            cache.save(
+                folder,
+                classes,
+                split,
+                windows,
+                images,
+                skipped,
+                transform.to_dict(),
+                {"length": length, "hop": hop},
+                conditions,
+            )
         except OSError as exc:  # a full or read-only disk must not stop the job
             echo(f"  warning: could not write the cache {folder} ({exc.strerror})")
-    return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped, {"length": length, "hop": hop}, conditions)
+    return PreparedData(
+        classes,
+        split,
+        windows,
+        images,
+        transform,
+        time.perf_counter() - start,
+        skipped,
+        {"length": length, "hop": hop},
+        conditions,
+    )
 
 
 def _short(values: tuple[float, ...]) -> str:
@@ -173,7 +236,9 @@ def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData
     skipped = ingest.skipped + skipped
     if skipped:
         shown = "; ".join(f"{p} ({why})" for p, why in skipped[:5])
-        echo(f"  warning: {len(skipped)} unreadable image(s) skipped: {shown}{' ...' if len(skipped) > 5 else ''}")
+        echo(
+            f"  warning: {len(skipped)} unreadable image(s) skipped: {shown}{' ...' if len(skipped) > 5 else ''}"
+        )
     classes = sorted({s.label for s in ingest.samples})
     empty = [c for c in classes if not any(s.label == c for s in kept)]
     if empty:
@@ -182,7 +247,9 @@ def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData
     pixels = torch.stack(sized)  # (N, 3, S, S) in [0, 1]
     by = cfg.data.split.by
     if by == "column" and not any(s.split for s in kept):
-        raise UserError("data.split.by is 'column' but the images carry no split column; add one to the manifest (train/val/test) or use by: auto")
+        raise UserError(
+            "data.split.by is 'column' but the images carry no split column; add one to the manifest (train/val/test) or use by: auto"
+        )
     if by == "column" or (by == "auto" and any(s.split for s in kept)):
         split = split_given(kept, unit=lambda s: s.group)
     else:
@@ -203,7 +270,9 @@ def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData
             recording_ids=tuple(groups),
         )
         images[name] = transform.normalise(pixels[rows])
-        echo(f"  {name:5s}: {len(groups):5d} parts -> {len(items):6d} images -> {tuple(images[name].shape[1:])}")
+        echo(
+            f"  {name:5s}: {len(groups):5d} parts -> {len(items):6d} images -> {tuple(images[name].shape[1:])}"
+        )
     return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped)
 
 
@@ -215,11 +284,30 @@ def build_transform(cfg: JobConfig, fs: float | None = None) -> Any:
     # One grey channel into a first convolution summed over RGB: the backbone's mean/std averaged.
     mean, std = (pre.mean, pre.std) if channels == 3 else ((sum(pre.mean) / 3,), (sum(pre.std) / 3,))
     if t.kind == "image":
-        return signal2image.from_dict({"kind": "image", "image_size": t.image_size, "policy": t.policy, "mean": mean, "std": std, "channels": channels})
+        return signal2image.from_dict(
+            {
+                "kind": "image",
+                "image_size": t.image_size,
+                "policy": t.policy,
+                "mean": mean,
+                "std": std,
+                "channels": channels,
+            }
+        )
     fs = fs or cfg.data.fs
     if t.kind == "cwt" and fs and t.cwt.f_max > fs / 2:
-        raise UserError(f"transform.cwt.f_max = {t.cwt.f_max:g} Hz is above the Nyquist frequency {fs / 2:g} Hz of the data; lower it")
-    common = dict(fs=fs, image_size=t.image_size, floor_db=t.floor_db, mean=mean, std=std, channels=channels, signal_norm=cfg.data.normalise)
+        raise UserError(
+            f"transform.cwt.f_max = {t.cwt.f_max:g} Hz is above the Nyquist frequency {fs / 2:g} Hz of the data; lower it"
+        )
+    common = dict(
+        fs=fs,
+        image_size=t.image_size,
+        floor_db=t.floor_db,
+        mean=mean,
+        std=std,
+        channels=channels,
+        signal_norm=cfg.data.normalise,
+    )
     settings = {"cwt": t.cwt.model_dump(), "stft": t.stft.model_dump()}.get(t.kind, {})
     return signal2image.from_dict({"kind": t.kind, **common, **settings})
 
@@ -245,9 +333,22 @@ def examples(data: PreparedData) -> Figure:
     pictures = []
     for c in range(len(data.classes)):
         i = int(np.flatnonzero(ws.y == c)[0])
-        pictures.append((images[i].numpy() * np.array(transform.std)[:, None, None] + np.array(transform.mean)[:, None, None]).transpose(1, 2, 0))
+        pictures.append(
+            (
+                images[i].numpy() * np.array(transform.std)[:, None, None]
+                + np.array(transform.mean)[:, None, None]
+            ).transpose(1, 2, 0)
+        )
     if data.is_image or not transform.has_frequency_axis:
-        return examples_figure(pictures, data.classes, duration_s=None, row_frequencies=None, kind=transform.kind)
+        return examples_figure(
+            pictures, data.classes, duration_s=None, row_frequencies=None, kind=transform.kind
+        )
     freqs = transform.frequencies(ws.x.shape[-1])
     rows = np.interp(np.linspace(0, len(freqs) - 1, transform.image_size), np.arange(len(freqs)), freqs)
-    return examples_figure([p[..., 0] for p in pictures], data.classes, duration_s=ws.x.shape[-1] / transform.fs, row_frequencies=rows, kind=transform.kind)
+    return examples_figure(
+        [p[..., 0] for p in pictures],
+        data.classes,
+        duration_s=ws.x.shape[-1] / transform.fs,
+        row_frequencies=rows,
+        kind=transform.kind,
+    )

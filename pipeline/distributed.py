@@ -76,7 +76,11 @@ def shard(order: torch.Tensor) -> torch.Tensor:
 
 def _tensor(values: list[float]) -> torch.Tensor:
     """A tensor on the device the backend communicates from (NCCL: this rank's GPU)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
     return torch.tensor(values, dtype=torch.float64, device=device)
 
 

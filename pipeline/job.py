@@ -26,8 +26,24 @@ from pipeline.ingest.windows import WindowSet
 from pipeline.metrics import classification_metrics, confusion_matrix, per_class_metrics
 from pipeline.plots import bar_figure, confusion_figure, learning_curves_figure, sweep_figure, to_png
 from pipeline.registry import Registration, register_onnx
-from pipeline.report import HEADERS, Aggregate, TrialResult, aggregate, html_report, markdown_report, text_table, trials_csv
-from pipeline.tracking import ensure_experiment, is_local_store, log_png, resolve_tracking_uri, tracked_run, use_store
+from pipeline.report import (
+    HEADERS,
+    Aggregate,
+    TrialResult,
+    aggregate,
+    html_report,
+    markdown_report,
+    text_table,
+    trials_csv,
+)
+from pipeline.tracking import (
+    ensure_experiment,
+    is_local_store,
+    log_png,
+    resolve_tracking_uri,
+    tracked_run,
+    use_store,
+)
 from pipeline.train import best_checkpoint_path, fit, predict_logits, seed_everything, select_device
 
 
@@ -48,7 +64,13 @@ class JobResult:
         return aggregate(self.trials)
 
 
-def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[str], None] = print, resume: bool = False) -> JobResult:
+def run_job(
+    cfg: JobConfig,
+    *,
+    config_path: str | None = None,
+    echo: Callable[[str], None] = print,
+    resume: bool = False,
+) -> JobResult:
     """Run the whole job: data, every strategy x train fraction x seed, report, export, registry.
 
     Args:
@@ -71,16 +93,26 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
     world = distributed.world()
     if world is not None:
         if resume:
-            raise UserError("--resume is not supported under torchrun; resume with a single process (pipeline run CONFIG --resume)")
+            raise UserError(
+                "--resume is not supported under torchrun; resume with a single process (pipeline run CONFIG --resume)"
+            )
         distributed.barrier()  # the other ranks now read the data from the cache rank 0 wrote
-        echo(f"  data-parallel: {world.size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}); rank 0 tracks, evaluates and exports")
+        echo(
+            f"  data-parallel: {world.size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}); rank 0 tracks, evaluates and exports"
+        )
     if cfg.model.weights != "none" and any(s.pretrained for s in cfg.train.strategies):
-        build_model(cfg.model.backbone, num_classes=2, pretrained=True, weights_path=cfg.model.weights_path)  # a missing weights file fails now, not after hours
+        build_model(
+            cfg.model.backbone, num_classes=2, pretrained=True, weights_path=cfg.model.weights_path
+        )  # a missing weights file fails now, not after hours
     try:
         cfg.export.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"export.dir: cannot create {str(cfg.export.dir)!r} ({exc.strerror}); choose a writable folder") from None
-    experiment_id = ensure_experiment(cfg.tracking.experiment, tracking_uri=tracking_uri, artifact_dir=cfg.tracking.artifact_dir)
+        raise UserError(
+            f"export.dir: cannot create {str(cfg.export.dir)!r} ({exc.strerror}); choose a writable folder"
+        ) from None
+    experiment_id = ensure_experiment(
+        cfg.tracking.experiment, tracking_uri=tracking_uri, artifact_dir=cfg.tracking.artifact_dir
+    )
     data_hash = data.fingerprint()
     config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
     earlier = interrupted_run(experiment_id, cfg.name, config_hash) if resume else None
@@ -91,10 +123,22 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
             "its trials are not comparable with new ones: run without --resume"
         )
     if earlier is not None and earlier.info.status == "RUNNING":
-        echo(f"  warning: run {earlier.info.run_id} is marked RUNNING (killed without a chance to end it?); make sure no other process still runs it")
+        echo(
+            f"  warning: run {earlier.info.run_id} is marked RUNNING (killed without a chance to end it?); make sure no other process still runs it"
+        )
     if earlier is not None:
-        echo(f"  resuming run {earlier.info.run_id} ({earlier.info.status}): {sum(r.info.status == 'FINISHED' for r in children.values())} finished trial(s) kept")
-    start = {"run_id": earlier.info.run_id} if earlier is not None else {"experiment_id": experiment_id, "run_name": cfg.name, "tags": {**run_tags(cfg, config_path, data, device, data_hash), "config_hash": config_hash}}
+        echo(
+            f"  resuming run {earlier.info.run_id} ({earlier.info.status}): {sum(r.info.status == 'FINISHED' for r in children.values())} finished trial(s) kept"
+        )
+    start = (
+        {"run_id": earlier.info.run_id}
+        if earlier is not None
+        else {
+            "experiment_id": experiment_id,
+            "run_name": cfg.name,
+            "tags": {**run_tags(cfg, config_path, data, device, data_hash), "config_hash": config_hash},
+        }
+    )
     with tracked_run(**start) as parent:
         parent_id = parent.info.run_id
         out_dir = cfg.export.dir / cfg.name / parent_id
@@ -109,28 +153,56 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
             mlflow.log_metric(f"{name}_units", len(data.windows[name].recording_ids))  # recordings or parts
 
         plan = training_plan(cfg)
-        echo(f"[2/4] training {len(plan)} model(s) on {device.type} ({cfg.model.backbone}): strategies x train fractions x seeds")
+        echo(
+            f"[2/4] training {len(plan)} model(s) on {device.type} ({cfg.model.backbone}): strategies x train fractions x seeds"
+        )
         trials: list[TrialResult] = []
         best, best_model = None, None
         for strategy, fraction, seed in plan:
             previous = children.get(trial_name(cfg, strategy.name, fraction, seed))
-            trial, model = run_trial(cfg, strategy, fraction, seed, data, device=device, experiment_id=experiment_id, checkpoint_dir=out_dir / "checkpoints", echo=echo, previous=previous)
+            trial, model = run_trial(
+                cfg,
+                strategy,
+                fraction,
+                seed,
+                data,
+                device=device,
+                experiment_id=experiment_id,
+                checkpoint_dir=out_dir / "checkpoints",
+                echo=echo,
+                previous=previous,
+            )
             trials.append(trial)
-            if best is None or getattr(trial, cfg.train.select_metric) > getattr(best, cfg.train.select_metric):
+            if best is None or getattr(trial, cfg.train.select_metric) > getattr(
+                best, cfg.train.select_metric
+            ):
                 best, best_model = trial, model  # only the best network stays in memory
         assert best is not None and best_model is not None
         log_comparison(cfg, trials, logged={"examples.png": example_png})
         mlflow.set_tags({"best_strategy": best.strategy, "best_run_id": best.run_id})
-        mlflow.log_metrics({"best_test_accuracy": best.test_accuracy, "best_test_macro_f1": best.test_macro_f1})
+        mlflow.log_metrics(
+            {"best_test_accuracy": best.test_accuracy, "best_test_macro_f1": best.test_macro_f1}
+        )
 
-        echo(f"[3/4] exporting {trial_name(cfg, best.strategy, best.train_fraction, best.seed)} (best {cfg.train.select_metric}) to ONNX")
+        echo(
+            f"[3/4] exporting {trial_name(cfg, best.strategy, best.train_fraction, best.seed)} (best {cfg.train.select_metric}) to ONNX"
+        )
         onnx_path = out_dir / "model.onnx"
         inputs = data.images["test"][: min(64, len(data.images["test"]))]
         metadata = {
             "classes": data.classes,
             "transform": data.transform.to_dict(),
-            **({} if data.is_image else {"window": data.window, "fs": data.transform.fs, "channels": data_channels(cfg)}),
-            "input_shape": ["batch", cfg.model.in_channels, cfg.transform.image_size, cfg.transform.image_size],
+            **(
+                {}
+                if data.is_image
+                else {"window": data.window, "fs": data.transform.fs, "channels": data_channels(cfg)}
+            ),
+            "input_shape": [
+                "batch",
+                cfg.model.in_channels,
+                cfg.transform.image_size,
+                cfg.transform.image_size,
+            ],
             "normalisation": {"mean": list(data.transform.mean), "std": list(data.transform.std)},
             "model": {
                 "name": cfg.tracking.registered_model,
@@ -145,7 +217,14 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
             },
             "metrics": {"test_accuracy": best.test_accuracy, "test_macro_f1": best.test_macro_f1},
         }
-        parity = export_onnx(best_model, inputs, onnx_path, metadata=metadata, opset=cfg.export.opset, tolerance=cfg.export.tolerance)
+        parity = export_onnx(
+            best_model,
+            inputs,
+            onnx_path,
+            metadata=metadata,
+            opset=cfg.export.opset,
+            tolerance=cfg.export.tolerance,
+        )
         echo(f"  {parity}")
         mlflow.log_metric("onnx_max_abs_diff", parity.max_abs_diff)
         log_pytorch_model(best_model, inputs[:2])
@@ -168,11 +247,21 @@ def run_job(cfg: JobConfig, *, config_path: str | None = None, echo: Callable[[s
             },
         )
         mlflow.set_tags({"registered_version": registration.version, "registered_alias": registration.alias})
-        notes = export_extras(cfg, onnx_path, data, tags={"data_hash": data_hash, "job": cfg.name, "run_id": parent_id, "strategy": best.strategy}, echo=echo)
-    return JobResult(parent_id, trials, best, onnx_path, parity, registration, tracking_uri, data.is_image, notes)
+        notes = export_extras(
+            cfg,
+            onnx_path,
+            data,
+            tags={"data_hash": data_hash, "job": cfg.name, "run_id": parent_id, "strategy": best.strategy},
+            echo=echo,
+        )
+    return JobResult(
+        parent_id, trials, best, onnx_path, parity, registration, tracking_uri, data.is_image, notes
+    )
 
 
-def export_extras(cfg: JobConfig, onnx_path: Path, data: PreparedData, *, tags: dict[str, str], echo: Callable[[str], None]) -> list[str]:
+def export_extras(
+    cfg: JobConfig, onnx_path: Path, data: PreparedData, *, tags: dict[str, str], echo: Callable[[str], None]
+) -> list[str]:
     """The configured INT8/FP16 variants (checked on the test set; registered as `<model>-<kind>`
     only when they lose at most `export.max_accuracy_drop` points) and the Triton repository."""
     import mlflow
@@ -181,27 +270,51 @@ def export_extras(cfg: JobConfig, onnx_path: Path, data: PreparedData, *, tags: 
 
     notes: list[str] = []
     if cfg.export.variants:
-        echo(f"  variants {', '.join(cfg.export.variants)}: calibrated on training inputs, checked on the {len(data.windows['test'])} test inputs")
+        echo(
+            f"  variants {', '.join(cfg.export.variants)}: calibrated on training inputs, checked on the {len(data.windows['test'])} test inputs"
+        )
         train = data.images["train"]
         pick = np.sort(np.random.default_rng(0).permutation(len(train))[: cfg.export.calibration_inputs])
         reports = build_variants(
-            onnx_path, list(cfg.export.variants), calibration=train[torch.from_numpy(pick)].numpy(), test_inputs=data.images["test"].numpy(),
-            test_labels=np.asarray(data.windows["test"].y), tolerance_points=cfg.export.max_accuracy_drop, echo=echo,
+            onnx_path,
+            list(cfg.export.variants),
+            calibration=train[torch.from_numpy(pick)].numpy(),
+            test_inputs=data.images["test"].numpy(),
+            test_labels=np.asarray(data.windows["test"].y),
+            tolerance_points=cfg.export.max_accuracy_drop,
+            echo=echo,
         )
         for report in reports:
-            mlflow.log_metrics({
-                f"{report.kind}_test_accuracy": report.accuracy, f"{report.kind}_accuracy_drop_points": report.drop_points,
-                f"{report.kind}_agreement": report.agreement, f"{report.kind}_speedup_batch1": report.speedup_batch1,
-                f"{report.kind}_speedup_batch32": report.speedup_batch32,
-            })
+            mlflow.log_metrics(
+                {
+                    f"{report.kind}_test_accuracy": report.accuracy,
+                    f"{report.kind}_accuracy_drop_points": report.drop_points,
+                    f"{report.kind}_agreement": report.agreement,
+                    f"{report.kind}_speedup_batch1": report.speedup_batch1,
+                    f"{report.kind}_speedup_batch32": report.speedup_batch32,
+                }
+            )
             if not report.accepted:
-                notes.append(f"{report.kind}: not registered, it loses {report.drop_points:.2f} points (> export.max_accuracy_drop {cfg.export.max_accuracy_drop:g})")
+                notes.append(
+                    f"{report.kind}: not registered, it loses {report.drop_points:.2f} points (> export.max_accuracy_drop {cfg.export.max_accuracy_drop:g})"
+                )
                 continue
             reg = register_onnx(
-                report.path, data.images["test"][:2].numpy(), name=f"{cfg.tracking.registered_model}-{report.kind}", alias=cfg.tracking.alias,
-                score=report.accuracy, tags={**tags, "test_accuracy_fp32": f"{report.reference_accuracy:.6f}", "variant": report.kind}, artifact=f"model-{report.kind}",
+                report.path,
+                data.images["test"][:2].numpy(),
+                name=f"{cfg.tracking.registered_model}-{report.kind}",
+                alias=cfg.tracking.alias,
+                score=report.accuracy,
+                tags={
+                    **tags,
+                    "test_accuracy_fp32": f"{report.reference_accuracy:.6f}",
+                    "variant": report.kind,
+                },
+                artifact=f"model-{report.kind}",
             )
-            notes.append(f"{report.kind}: {report.path} registered as models:/{reg.name}/{reg.version} ({report.accuracy:.4f} test accuracy, {-report.drop_points:+.2f} points, {report.speedup_batch1:.2f}x at batch 1 on this CPU)")
+            notes.append(
+                f"{report.kind}: {report.path} registered as models:/{reg.name}/{reg.version} ({report.accuracy:.4f} test accuracy, {-report.drop_points:+.2f} points, {report.speedup_batch1:.2f}x at batch 1 on this CPU)"
+            )
     if cfg.export.triton_dir is not None:
         folder = write_triton_repository(onnx_path, cfg.export.triton_dir, name=cfg.tracking.registered_model)
         notes.append(f"Triton repository: {folder} (tritonserver --model-repository {cfg.export.triton_dir})")
@@ -217,14 +330,21 @@ def interrupted_run(experiment_id: str, job: str, config_hash: str) -> Any:
     import mlflow
 
     runs = mlflow.MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.job = '{job}' and tags.config_hash = '{config_hash}'", order_by=["attributes.start_time DESC"], max_results=50,
+        [experiment_id],
+        filter_string=f"tags.job = '{job}' and tags.config_hash = '{config_hash}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
     )
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     if not parents:
-        raise UserError(f"--resume: no earlier run of job {job!r} with this exact config in the store; run without --resume")
+        raise UserError(
+            f"--resume: no earlier run of job {job!r} with this exact config in the store; run without --resume"
+        )
     last = parents[0]
     if last.info.status not in ("KILLED", "FAILED", "RUNNING"):
-        raise UserError(f"--resume: the last run of job {job!r} with this config ({last.info.run_id}) {last.info.status.lower()}; nothing to resume")
+        raise UserError(
+            f"--resume: the last run of job {job!r} with this config ({last.info.run_id}) {last.info.status.lower()}; nothing to resume"
+        )
     return last
 
 
@@ -232,7 +352,9 @@ def child_runs(experiment_id: str, parent_id: str) -> dict[str, Any]:
     """The trial runs of a parent run, by run name."""
     import mlflow
 
-    runs = mlflow.MlflowClient().search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
     return {r.info.run_name: r for r in runs}
 
 
@@ -286,16 +408,39 @@ def run_trial(
 
     n_classes = len(data.classes)
     pretrained = starts_pretrained(cfg, strategy)
-    weights = ("imagenet" if cfg.model.weights_path is None else cfg.model.weights_path.name) if pretrained else "random"
+    weights = (
+        ("imagenet" if cfg.model.weights_path is None else cfg.model.weights_path.name)
+        if pretrained
+        else "random"
+    )
     name = trial_name(cfg, strategy.name, fraction, seed)
     subset = train_subset(data.windows["train"], fraction, seed)
-    tags = {"strategy": strategy.name, "weights": weights, "seed": str(seed), "train_fraction": f"{fraction:g}"}
+    tags = {
+        "strategy": strategy.name,
+        "weights": weights,
+        "seed": str(seed),
+        "train_fraction": f"{fraction:g}",
+    }
     checkpoint = checkpoint_dir / f"{name}.pt"
     if previous is not None and previous.info.status == "FINISHED":
         return finished_trial(cfg, previous, checkpoint, n_classes, pretrained, echo)
-    start = {"run_id": previous.info.run_id} if previous is not None else {"experiment_id": experiment_id, "run_name": name, "tags": tags}
+    start = (
+        {"run_id": previous.info.run_id}
+        if previous is not None
+        else {"experiment_id": experiment_id, "run_name": name, "tags": tags}
+    )
     with tracked_run(nested=True, **start) as run:
-        mlflow.log_params({"strategy": strategy.name, "kind": strategy.kind, "lr": strategy.lr, "weights": weights, "backbone": cfg.model.backbone, "seed": seed, "train_fraction": fraction})
+        mlflow.log_params(
+            {
+                "strategy": strategy.name,
+                "kind": strategy.kind,
+                "lr": strategy.lr,
+                "weights": weights,
+                "backbone": cfg.model.backbone,
+                "seed": seed,
+                "train_fraction": fraction,
+            }
+        )
         mlflow.log_metric("train_windows_used", len(subset))
         model = new_model(cfg, strategy, n_classes, seed)
 
@@ -341,8 +486,22 @@ def run_trial(
         )
         cm = confusion_matrix(test.y, pred, n_classes)
         mlflow.log_dict({"classes": data.classes, "matrix": cm.tolist()}, "confusion_matrix.json")
-        log_png(to_png(confusion_figure(cm, data.classes, f"{name}: test windows (accuracy {metrics['accuracy']:.3f})")), "confusion_matrix.png")
-        log_png(to_png(learning_curves_figure({name: result.history}, f"{name} ({weights} weights, lr {strategy.lr:g})")), "learning_curves.png")
+        log_png(
+            to_png(
+                confusion_figure(
+                    cm, data.classes, f"{name}: test windows (accuracy {metrics['accuracy']:.3f})"
+                )
+            ),
+            "confusion_matrix.png",
+        )
+        log_png(
+            to_png(
+                learning_curves_figure(
+                    {name: result.history}, f"{name} ({weights} weights, lr {strategy.lr:g})"
+                )
+            ),
+            "learning_curves.png",
+        )
         trial = TrialResult(
             strategy=strategy.name,
             weights=weights,
@@ -372,12 +531,18 @@ def new_model(cfg: JobConfig, strategy: StrategyConfig, n_classes: int, seed: in
     pretrained = starts_pretrained(cfg, strategy)
     seed_everything(seed)
     return build_model(
-        cfg.model.backbone, num_classes=n_classes, pretrained=pretrained, dropout=cfg.model.dropout,
-        in_channels=cfg.model.in_channels, weights_path=cfg.model.weights_path if pretrained else None,
+        cfg.model.backbone,
+        num_classes=n_classes,
+        pretrained=pretrained,
+        dropout=cfg.model.dropout,
+        in_channels=cfg.model.in_channels,
+        weights_path=cfg.model.weights_path if pretrained else None,
     )
 
 
-def trial_data(data: PreparedData, subset: np.ndarray) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def trial_data(
+    data: PreparedData, subset: np.ndarray
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """(train, val) network inputs and labels; train restricted to `subset`."""
     index = torch.from_numpy(subset)
     train = (data.images["train"][index], torch.from_numpy(data.windows["train"].y)[index])
@@ -385,7 +550,12 @@ def trial_data(data: PreparedData, subset: np.ndarray) -> tuple[tuple[torch.Tens
 
 
 def training_plan(cfg: JobConfig) -> list[tuple[StrategyConfig, float, int]]:
-    return [(s, f, seed) for s in cfg.train.strategies for f in cfg.train.train_fraction for seed in cfg.train.seeds]
+    return [
+        (s, f, seed)
+        for s in cfg.train.strategies
+        for f in cfg.train.train_fraction
+        for seed in cfg.train.seeds
+    ]
 
 
 def run_worker(cfg: JobConfig) -> None:
@@ -400,15 +570,24 @@ def run_worker(cfg: JobConfig) -> None:
         for strategy, fraction, seed in training_plan(cfg):
             model = new_model(cfg, strategy, len(data.classes), seed)
             fit(
-                model, *trial_data(data, train_subset(data.windows["train"], fraction, seed)), n_classes=len(data.classes), strategy=strategy,
-                cfg=cfg.train, seed=seed, device=device, checkpoint=scratch / "unused.pt", backbone=cfg.model.backbone,
+                model,
+                *trial_data(data, train_subset(data.windows["train"], fraction, seed)),
+                n_classes=len(data.classes),
+                strategy=strategy,
+                cfg=cfg.train,
+                seed=seed,
+                device=device,
+                checkpoint=scratch / "unused.pt",
+                backbone=cfg.model.backbone,
                 augment=make_augment(cfg.train.augment, data.transform.std[0]),
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def finished_trial(cfg: JobConfig, run: Any, checkpoint: Path, n_classes: int, pretrained: bool, echo: Callable[[str], None]) -> tuple[TrialResult, torch.nn.Module]:
+def finished_trial(
+    cfg: JobConfig, run: Any, checkpoint: Path, n_classes: int, pretrained: bool, echo: Callable[[str], None]
+) -> tuple[TrialResult, torch.nn.Module]:
     """A trial that finished before the interruption: its result from the run, its best weights from disk."""
     import mlflow
 
@@ -416,10 +595,20 @@ def finished_trial(cfg: JobConfig, run: Any, checkpoint: Path, n_classes: int, p
     trial = TrialResult(**{**saved, "history": tuple(saved["history"])})
     best = best_checkpoint_path(checkpoint)
     if not best.is_file():
-        raise UserError(f"--resume: trial {run.info.run_name!r} finished but its checkpoint {best} is gone; run the job again without --resume")
-    model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=False, dropout=cfg.model.dropout, in_channels=cfg.model.in_channels)
+        raise UserError(
+            f"--resume: trial {run.info.run_name!r} finished but its checkpoint {best} is gone; run the job again without --resume"
+        )
+    model = build_model(
+        cfg.model.backbone,
+        num_classes=n_classes,
+        pretrained=False,
+        dropout=cfg.model.dropout,
+        in_channels=cfg.model.in_channels,
+    )
     model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
-    echo(f"  {run.info.run_name:>12s}: finished before the interruption (test acc {trial.test_accuracy:.3f}), kept")
+    echo(
+        f"  {run.info.run_name:>12s}: finished before the interruption (test acc {trial.test_accuracy:.3f}), kept"
+    )
     return trial, model
 
 
@@ -433,7 +622,9 @@ def recording_votes(windows: WindowSet, probs: np.ndarray) -> tuple[np.ndarray, 
     return np.asarray(truth), np.asarray(verdict)
 
 
-def run_tags(cfg: JobConfig, config_path: str | None, data: PreparedData, device: torch.device, data_hash: str) -> dict[str, str]:
+def run_tags(
+    cfg: JobConfig, config_path: str | None, data: PreparedData, device: torch.device, data_hash: str
+) -> dict[str, str]:
     """Parent-run tags: provenance (git commit, package versions), data hash and sizes, device."""
     tags = {
         "job": cfg.name,
@@ -459,7 +650,13 @@ def run_tags(cfg: JobConfig, config_path: str | None, data: PreparedData, device
 def git_commit() -> str | None:
     """Commit of the code that runs (None outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -485,19 +682,29 @@ def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, 
                 title=f"test accuracy ({len(cfg.train.seeds)} seed(s), train fraction {top:g})",
             )
         ),
-        "learning_curves.png": to_png(learning_curves_figure({a.strategy: mean_history(a.trials) for a in at_top}, "validation per epoch (mean over seeds)")),
+        "learning_curves.png": to_png(
+            learning_curves_figure(
+                {a.strategy: mean_history(a.trials) for a in at_top}, "validation per epoch (mean over seeds)"
+            )
+        ),
     }
     if len(cfg.train.train_fraction) > 1:
         curves = {}
         for strategy in dict.fromkeys(a.strategy for a in aggs):
             mine = sorted((a for a in aggs if a.strategy == strategy), key=lambda a: a.train_fraction)
-            curves[strategy] = ([a.train_fraction for a in mine], [a.stat("test_accuracy")[0] for a in mine], [a.stat("test_accuracy")[1] for a in mine])
+            curves[strategy] = (
+                [a.train_fraction for a in mine],
+                [a.stat("test_accuracy")[0] for a in mine],
+                [a.stat("test_accuracy")[1] for a in mine],
+            )
         figures["data_size_sweep.png"] = to_png(sweep_figure(curves, title="test accuracy vs training data"))
     for name, png in figures.items():
         log_png(png, name)
     figures.update(logged)
     title = f"{cfg.name}: {cfg.model.backbone}, {cfg.transform.kind} {cfg.transform.image_size} px"
-    notes = [f"Mean ± standard deviation over seeds {list(cfg.train.seeds)}; test = held-out recordings; model chosen by {cfg.train.select_metric}."]
+    notes = [
+        f"Mean ± standard deviation over seeds {list(cfg.train.seeds)}; test = held-out recordings; model chosen by {cfg.train.select_metric}."
+    ]
     mlflow.log_text(markdown_report(title, aggs, list(figures), notes), "report.md")
     mlflow.log_text(html_report(title, aggs, figures, notes), "report.html")
     mlflow.log_text(trials_csv(trials), "comparison.csv")
@@ -505,7 +712,10 @@ def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, 
 
 def mean_history(trials: tuple[TrialResult, ...]) -> list[dict[str, float]]:
     keys = ("train_loss", "val_loss", "val_accuracy")
-    return [{k: float(np.mean([t.history[e][k] for t in trials])) for k in keys} for e in range(len(trials[0].history))]
+    return [
+        {k: float(np.mean([t.history[e][k] for t in trials])) for k in keys}
+        for e in range(len(trials[0].history))
+    ]
 
 
 def log_pytorch_model(model: torch.nn.Module, example: torch.Tensor) -> None:
@@ -529,16 +739,24 @@ def summary(result: JobResult) -> str:
     """What the user reads at the end of `pipeline run`."""
     reg = result.registration
     lines = ["", text_table(HEADERS, [a.cells() for a in result.aggregates]), ""]
-    lines.append(f"best model:    {result.best.strategy} (train fraction {result.best.train_fraction:g}, seed {result.best.seed})")
+    lines.append(
+        f"best model:    {result.best.strategy} (train fraction {result.best.train_fraction:g}, seed {result.best.seed})"
+    )
     lines.append(f"ONNX model:    {result.onnx_path}")
     lines.append(f"               {result.parity}")
-    lines.append(f"registered:    models:/{reg.name}/{reg.version}, alias '{reg.alias}' -> version {reg.version} ({reg.uri})")
+    lines.append(
+        f"registered:    models:/{reg.name}/{reg.version}, alias '{reg.alias}' -> version {reg.version} ({reg.uri})"
+    )
     lines.append(f"               {reg.reason}")
     for note in result.export_notes:
         lines.append(f"export:        {note}")
     if is_local_store(result.tracking_uri):
-        lines.append(f"MLflow UI:     pipeline ui    (= mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000)")
+        lines.append(
+            f"MLflow UI:     pipeline ui    (= mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000)"
+        )
     else:
         lines.append(f"MLflow UI:     {result.tracking_uri}")
-    lines.append(f"predict:       pipeline predict --model {reg.uri} {'IMAGE.png' if result.is_image else 'FILE.npy'}")
+    lines.append(
+        f"predict:       pipeline predict --model {reg.uri} {'IMAGE.png' if result.is_image else 'FILE.npy'}"
+    )
     return "\n".join(lines)

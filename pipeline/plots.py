@@ -33,7 +33,15 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> 
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if share[i, j] > 0.6 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.6 else "black",
+                fontsize=9,
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
@@ -89,7 +97,9 @@ def examples_figure(
             continue
         rows = len(row_frequencies)
         ticks = np.linspace(0, rows - 1, 5).round().astype(int)
-        ax.imshow(image, origin="lower", aspect="auto", cmap="magma", extent=(0, duration_s, -0.5, rows - 0.5))
+        ax.imshow(
+            image, origin="lower", aspect="auto", cmap="magma", extent=(0, duration_s, -0.5, rows - 0.5)
+        )
         ax.set_yticks(ticks, [f"{row_frequencies[t]:.0f}" for t in ticks])
         ax.set_xlabel("time (s)")
     if row_frequencies is not None:
@@ -99,7 +109,9 @@ def examples_figure(
     return fig
 
 
-def bar_figure(groups: Sequence[str], means: Sequence[float], stds: Sequence[float], *, ylabel: str, title: str) -> Figure:
+def bar_figure(
+    groups: Sequence[str], means: Sequence[float], stds: Sequence[float], *, ylabel: str, title: str
+) -> Figure:
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 1.3 * len(groups)), 3.6))
     colours = [f"C{i}" for i in range(len(groups))]
     bars = ax.bar(groups, means, yerr=stds, capsize=5, color=colours)
@@ -110,7 +122,9 @@ def bar_figure(groups: Sequence[str], means: Sequence[float], stds: Sequence[flo
     return fig
 
 
-def sweep_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], *, title: str) -> Figure:
+def sweep_figure(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], *, title: str
+) -> Figure:
     """Test accuracy against the fraction of training data, one line (mean +- std) per strategy."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, (label, (fractions, means, stds)) in enumerate(curves.items()):
@@ -119,7 +133,12 @@ def sweep_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Se
     fractions = sorted({f for fs, _, _ in curves.values() for f in fs})
     ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
     ax.minorticks_off()
-    ax.set(xlabel="fraction of training units (recordings or parts)", ylabel="test accuracy", title=title, ylim=(0, 1.02))
+    ax.set(
+        xlabel="fraction of training units (recordings or parts)",
+        ylabel="test accuracy",
+        title=title,
+        ylim=(0, 1.02),
+    )
     ax.legend()
     fig.tight_layout()
     return fig

@@ -26,7 +26,9 @@ class Registration:
         return f"models:/{self.name}@{self.alias}"
 
 
-def decide_alias(client: Any, name: str, version: str, score: float, data_hash: str, alias: str) -> tuple[str, str]:
+def decide_alias(
+    client: Any, name: str, version: str, score: float, data_hash: str, alias: str
+) -> tuple[str, str]:
     """`alias` when `version` beats the version holding it on the same test data, else `challenger`.
 
     Versions tested on other data (another data hash) are not comparable: the new one becomes the
@@ -47,11 +49,26 @@ def decide_alias(client: Any, name: str, version: str, score: float, data_hash: 
             f"{current.tags.get('data_hash')} vs {data_hash}); promote by hand if it should replace it"
         )
     if score > float(held):
-        return alias, f"{COMPARE_METRIC} {score:.4f} beats version {current.version}'s {float(held):.4f} on the same test data"
-    return CHALLENGER, f"{COMPARE_METRIC} {score:.4f} does not beat version {current.version}'s {float(held):.4f}"
+        return (
+            alias,
+            f"{COMPARE_METRIC} {score:.4f} beats version {current.version}'s {float(held):.4f} on the same test data",
+        )
+    return (
+        CHALLENGER,
+        f"{COMPARE_METRIC} {score:.4f} does not beat version {current.version}'s {float(held):.4f}",
+    )
 
 
-def register_onnx(onnx_path: Path, example: Any, *, name: str, alias: str, tags: dict[str, str], score: float, artifact: str = "model") -> Registration:
+def register_onnx(
+    onnx_path: Path,
+    example: Any,
+    *,
+    name: str,
+    alias: str,
+    tags: dict[str, str],
+    score: float,
+    artifact: str = "model",
+) -> Registration:
     """Log the ONNX model to the active run, register a new version, tag it, and set its alias.
 
     Args:
@@ -80,7 +97,11 @@ def register_onnx(onnx_path: Path, example: Any, *, name: str, alias: str, tags:
         input_example=example,
         save_as_external_data=False,
         onnx_execution_providers=choose_providers(),
-        pip_requirements=[f"onnxruntime-gpu=={onnxruntime.__version__}", f"onnx=={onnx.__version__}", "numpy"],
+        pip_requirements=[
+            f"onnxruntime-gpu=={onnxruntime.__version__}",
+            f"onnx=={onnx.__version__}",
+            "numpy",
+        ],
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
@@ -99,7 +120,9 @@ def list_versions(client: Any) -> list[list[str]]:
         for alias, version in (model.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)
         for mv in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
-            created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+            created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).strftime(
+                "%Y-%m-%d %H:%M"
+            )
             rows.append(
                 [
                     model.name,
@@ -125,7 +148,9 @@ def promote(client: Any, name: str, version: str, alias: str) -> str:
         client.get_model_version(name, version)
     except MlflowException:
         known = [m.name for m in client.search_registered_models()]
-        raise UserError(f"no version {version!r} of model {name!r}; registered models: {known} (see `pipeline models list`)") from None
+        raise UserError(
+            f"no version {version!r} of model {name!r}; registered models: {known} (see `pipeline models list`)"
+        ) from None
     previous = None
     try:
         previous = str(client.get_model_version_by_alias(name, alias).version)

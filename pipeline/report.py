@@ -66,7 +66,17 @@ class Aggregate:
         ]
 
 
-HEADERS = ["strategy", "weights", "train frac", "seeds", "val acc", "test acc", "test macro-F1", "test acc per recording/part", "train time"]
+HEADERS = [
+    "strategy",
+    "weights",
+    "train frac",
+    "seeds",
+    "val acc",
+    "test acc",
+    "test macro-F1",
+    "test acc per recording/part",
+    "train time",
+]
 
 
 def aggregate(trials: Sequence[TrialResult]) -> list[Aggregate]:
@@ -80,7 +90,10 @@ def aggregate(trials: Sequence[TrialResult]) -> list[Aggregate]:
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain aligned table for the terminal."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
 
@@ -100,7 +113,9 @@ def trials_csv(trials: Sequence[TrialResult]) -> str:
     return out.getvalue()
 
 
-def markdown_report(title: str, aggregates: Sequence[Aggregate], figures: Sequence[str], notes: Sequence[str] = ()) -> str:
+def markdown_report(
+    title: str, aggregates: Sequence[Aggregate], figures: Sequence[str], notes: Sequence[str] = ()
+) -> str:
     """The comparison as Markdown; `figures` are artifact file names shown as images."""
     parts = [f"# {title}\n", markdown_table(HEADERS, [a.cells() for a in aggregates])]
     parts += [f"{n}\n" for n in notes]
@@ -108,10 +123,14 @@ def markdown_report(title: str, aggregates: Sequence[Aggregate], figures: Sequen
     return "\n".join(parts)
 
 
-def html_report(title: str, aggregates: Sequence[Aggregate], figures: Mapping[str, bytes], notes: Sequence[str] = ()) -> str:
+def html_report(
+    title: str, aggregates: Sequence[Aggregate], figures: Mapping[str, bytes], notes: Sequence[str] = ()
+) -> str:
     """A self-contained page: the table, then every figure embedded as a PNG data URI."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in a.cells()) + "</tr>" for a in aggregates)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in a.cells()) + "</tr>" for a in aggregates
+    )
     images = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
         f"<figcaption>{html.escape(name)}</figcaption></figure>"

@@ -100,7 +100,9 @@ def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as exc:
-        raise UserError(f"cannot resolve model {uri!r} in the store {mlflow.get_tracking_uri()}: {exc.message}") from None
+        raise UserError(
+            f"cannot resolve model {uri!r} in the store {mlflow.get_tracking_uri()}: {exc.message}"
+        ) from None
     files = [local] if local.suffix == ".onnx" else sorted(local.rglob("*.onnx"))
     if not files:
         raise UserError(f"model {uri!r} holds no .onnx file (found in {local})")

@@ -38,7 +38,9 @@ def select_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
-def epoch_order(n: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+def epoch_order(
+    n: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """The sample order of an epoch: in order, shuffled (a generator), or drawn with replacement in
     proportion to `weights` (a weighted sampler: n draws per epoch)."""
     if weights is not None:
@@ -48,7 +50,14 @@ def epoch_order(n: int, generator: torch.Generator | None = None, weights: torch
     return torch.arange(n)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None, *, sharded: bool = False) -> Iterator[torch.Tensor]:
+def batches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    weights: torch.Tensor | None = None,
+    *,
+    sharded: bool = False,
+) -> Iterator[torch.Tensor]:
     """Index batches over n samples (see `epoch_order`); `sharded`: this rank's share under torchrun."""
     order = epoch_order(n, generator, weights)
     if sharded:
@@ -58,13 +67,17 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, w
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, device: torch.device = torch.device("cpu")
+) -> torch.Tensor:
     model.eval()
     outs = [model(x[idx].to(device, non_blocking=True)).float().cpu() for idx in batches(len(x), batch_size)]
     return torch.cat(outs) if outs else torch.zeros((0, 0))
 
 
-def split_decay(params: list[tuple[str, nn.Parameter]], weight_decay: float, name: str, lr: float) -> list[dict[str, Any]]:
+def split_decay(
+    params: list[tuple[str, nn.Parameter]], weight_decay: float, name: str, lr: float
+) -> list[dict[str, Any]]:
     """Weight decay on weights only, never on norms and biases (1-D parameters)."""
     decay = [p for _, p in params if p.ndim > 1]
     no_decay = [p for _, p in params if p.ndim <= 1]
@@ -84,7 +97,9 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float = 1e-3) -> lis
     return groups
 
 
-def strategy_groups(model: nn.Module, backbone: str, strategy: StrategyConfig, weight_decay: float) -> list[dict[str, Any]]:
+def strategy_groups(
+    model: nn.Module, backbone: str, strategy: StrategyConfig, weight_decay: float
+) -> list[dict[str, Any]]:
     """Parameter groups with the strategy's rates, from the backbone's layer groups.
 
     discriminative: the first half of the backbone's groups at lr x early, the second half at
@@ -106,24 +121,33 @@ def strategy_groups(model: nn.Module, backbone: str, strategy: StrategyConfig, w
         return out + split_decay(head, weight_decay, "head", strategy.lr * m.head)
     if strategy.kind == "gradual_unfreeze":
         rest = [(named[id(p)], p) for _, ps in body for p in ps]
-        return split_decay(rest, weight_decay, "backbone", strategy.lr * strategy.unfreeze_factor) + split_decay(head, weight_decay, "head", strategy.lr)
+        return split_decay(
+            rest, weight_decay, "backbone", strategy.lr * strategy.unfreeze_factor
+        ) + split_decay(head, weight_decay, "head", strategy.lr)
     return param_groups(model, weight_decay, strategy.lr)
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=groups[0]["lr"], momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
     return torch.optim.AdamW(groups, lr=groups[0]["lr"])
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: cosine, step or constant after an optional linear warm-up, or one-cycle."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=min(0.9, warmup / total) if warmup else 0.3, anneal_strategy="cos",
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total,
+            pct_start=min(0.9, warmup / total) if warmup else 0.3,
+            anneal_strategy="cos",
         )
 
     if cfg.schedule == "cosine" and not warmup:  # torch's own: the exact numbers of earlier runs
@@ -156,7 +180,9 @@ def freeze_except(model: nn.Module, trainable: set[int]) -> None:
 
 
 @torch.no_grad()
-def features_of(model: nn.Module, head: str, x: torch.Tensor, *, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+def features_of(
+    model: nn.Module, head: str, x: torch.Tensor, *, device: torch.device, batch_size: int = 128
+) -> torch.Tensor:
     """What reaches the head: the model in eval mode with its head replaced by the identity."""
     from models import replace_module
 
@@ -213,18 +239,29 @@ def fit(
         inputs_train, inputs_val = feat_train, feat_val
     else:
         net, inputs_train, inputs_val = model, x_train, x_val
-    groups = param_groups(model.get_submodule(head_name), cfg.weight_decay, strategy.lr) if probe else strategy_groups(model, backbone, strategy, cfg.weight_decay)
+    groups = (
+        param_groups(model.get_submodule(head_name), cfg.weight_decay, strategy.lr)
+        if probe
+        else strategy_groups(model, backbone, strategy, cfg.weight_decay)
+    )
     optimizer = make_optimizer(groups, cfg)
     world = distributed.world()
     main = world is None or world.is_main
     # Under torchrun each rank takes its share of every batch: the global batch stays batch_size.
     rank_batch = cfg.batch_size if world is None else -(-cfg.batch_size // world.size)
-    steps_per_epoch = math.ceil((len(x_train) if world is None else -(-len(x_train) // world.size)) / rank_batch)
+    steps_per_epoch = math.ceil(
+        (len(x_train) if world is None else -(-len(x_train) // world.size)) / rank_batch
+    )
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     counts = torch.bincount(y_train, minlength=n_classes).float()
     # Balanced weights n / (K * count): a class seen half as often weighs twice as much.
-    class_weight = torch.where(counts > 0, len(y_train) / (n_classes * counts.clamp_min(1)), torch.zeros_like(counts))
-    loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device) if cfg.class_weighting == "loss" else None, label_smoothing=cfg.label_smoothing)
+    class_weight = torch.where(
+        counts > 0, len(y_train) / (n_classes * counts.clamp_min(1)), torch.zeros_like(counts)
+    )
+    loss_fn = nn.CrossEntropyLoss(
+        weight=class_weight.to(device) if cfg.class_weighting == "loss" else None,
+        label_smoothing=cfg.label_smoothing,
+    )
     eval_loss = nn.CrossEntropyLoss()
     sample_weight = class_weight[y_train] if cfg.class_weighting == "sampler" else None
     generator = torch.Generator().manual_seed(seed)
@@ -245,9 +282,18 @@ def fit(
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         result.history = [dict(row) for row in state["history"]]
-        result.best_epoch, result.best_score, since_best, spent = state["best_epoch"], state["best_score"], state["since_best"], state["train_seconds"]
+        result.best_epoch, result.best_score, since_best, spent = (
+            state["best_epoch"],
+            state["best_score"],
+            state["since_best"],
+            state["train_seconds"],
+        )
         best_file = best_checkpoint_path(checkpoint)
-        best_state = torch.load(best_file, map_location="cpu", weights_only=True)["model"] if best_file.is_file() else None
+        best_state = (
+            torch.load(best_file, map_location="cpu", weights_only=True)["model"]
+            if best_file.is_file()
+            else None
+        )
         first_epoch = state["epoch"] + 1
     start = began - spent
     for epoch in range(first_epoch, cfg.epochs):
@@ -257,7 +303,9 @@ def fit(
             model.get_submodule(head_name).train()
             freeze_except(model, head_ids)
         elif strategy.kind == "gradual_unfreeze":
-            freeze_except(model, head_ids if epoch < strategy.head_epochs else {id(p) for p in model.parameters()})
+            freeze_except(
+                model, head_ids if epoch < strategy.head_epochs else {id(p) for p in model.parameters()}
+            )
         epoch_start = time.perf_counter()
         seen, loss_sum, correct = 0, 0.0, 0
         trainer = distributed.wrap(net, device)  # per epoch: gradual unfreezing changes what trains
@@ -281,7 +329,10 @@ def fit(
             scaler.scale(loss).backward()
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"] if p.grad is not None], cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None],
+                    cfg.grad_clip,
+                )
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -308,16 +359,33 @@ def fit(
             result.best_score, result.best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
             if main:
-                save_checkpoint(best_checkpoint_path(checkpoint), model=model, epoch=epoch, strategy=strategy.name, score=score)
+                save_checkpoint(
+                    best_checkpoint_path(checkpoint),
+                    model=model,
+                    epoch=epoch,
+                    strategy=strategy.name,
+                    score=score,
+                )
         else:
             since_best += 1
         stop = cfg.early_stopping is not None and since_best >= cfg.early_stopping
         if main:  # one writer under torchrun
             save_checkpoint(
-                checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch if not stop else cfg.epochs - 1,
-                strategy=strategy.name, seed=seed, generator=generator.get_state(), rng=torch.get_rng_state(),
-                cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None, history=result.history,
-                best_epoch=result.best_epoch, best_score=result.best_score, since_best=since_best, train_seconds=time.perf_counter() - start,
+                checkpoint,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=epoch if not stop else cfg.epochs - 1,
+                strategy=strategy.name,
+                seed=seed,
+                generator=generator.get_state(),
+                rng=torch.get_rng_state(),
+                cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                history=result.history,
+                best_epoch=result.best_epoch,
+                best_score=result.best_score,
+                since_best=since_best,
+                train_seconds=time.perf_counter() - start,
             )
         if on_epoch is not None:
             on_epoch(epoch, row)
@@ -339,7 +407,10 @@ def best_checkpoint_path(checkpoint: Path) -> Path:
 def save_checkpoint(path: Path, **state: Any) -> None:
     """Write a checkpoint atomically (a crash mid-write leaves the previous one intact)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {k: (v.state_dict() if hasattr(v, "state_dict") and not isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    payload = {
+        k: (v.state_dict() if hasattr(v, "state_dict") and not isinstance(v, torch.Tensor) else v)
+        for k, v in state.items()
+    }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

@@ -10,7 +10,9 @@ from signal2image.grid import GafTransform, GridTransform
 from signal2image.image import ImageTransform
 from signal2image.stft import StftTransform
 
-_TRANSFORMS: dict[str, type[Any]] = {cls.kind: cls for cls in (CwtTransform, StftTransform, GridTransform, GafTransform, ImageTransform)}
+_TRANSFORMS: dict[str, type[Any]] = {
+    cls.kind: cls for cls in (CwtTransform, StftTransform, GridTransform, GafTransform, ImageTransform)
+}
 
 
 def list_transforms() -> list[str]:
@@ -30,4 +32,13 @@ def from_dict(spec: dict[str, Any]) -> SignalToImage | ImageTransform:
     return _TRANSFORMS[kind](**settings)
 
 
-__all__ = ["SignalToImage", "CwtTransform", "StftTransform", "GridTransform", "GafTransform", "ImageTransform", "from_dict", "list_transforms"]
+__all__ = [
+    "SignalToImage",
+    "CwtTransform",
+    "StftTransform",
+    "GridTransform",
+    "GafTransform",
+    "ImageTransform",
+    "from_dict",
+    "list_transforms",
+]

@@ -33,7 +33,9 @@ def check_stats(mean: tuple[float, ...], std: tuple[float, ...], channels: int) 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean and std need {channels} value(s), one per output channel, got {list(mean)} and {list(std)}")
+        raise ValueError(
+            f"mean and std need {channels} value(s), one per output channel, got {list(mean)} and {list(std)}"
+        )
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
@@ -147,7 +149,9 @@ class SignalToImage:
             raise ValueError(f"windows must be (N, L) or (N, C<=3, L), got shape {x.shape}")
         n, c, length = x.shape
         if self.channels == 1 and c != 1:
-            raise ValueError(f"this transform makes one-channel images and takes one sensor, got {c} channels")
+            raise ValueError(
+                f"this transform makes one-channel images and takes one sensor, got {c} channels"
+            )
         if self.signal_norm == "window":
             x = zscore(x)
         out = torch.empty((n, self.channels, self.image_size, self.image_size), dtype=torch.float32)
@@ -164,7 +168,9 @@ class SignalToImage:
             out[start : start + len(part)] = rgb
         return out
 
-    def fit(self, windows: np.ndarray, *, level: bool, stats: bool, max_windows: int = 2048, seed: int = 0) -> None:
+    def fit(
+        self, windows: np.ndarray, *, level: bool, stats: bool, max_windows: int = 2048, seed: int = 0
+    ) -> None:
         """Fit the dB reference level (`level`) and/or the channel mean/std (`stats`) on training windows.
 
         The level is the 99.9th percentile of the training images' dB values; at most
@@ -175,8 +181,15 @@ class SignalToImage:
             x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_windows, replace=False))]
         if level:
             if not self.has_frequency_axis:
-                raise ValueError(f"a fitted dB level needs a time-frequency transform (cwt, stft), not {self.kind!r}")
-            db = torch.cat([self._db(self._prepared(x[i : i + self.chunk]).reshape(-1, x.shape[-1])) for i in range(0, len(x), self.chunk)])
+                raise ValueError(
+                    f"a fitted dB level needs a time-frequency transform (cwt, stft), not {self.kind!r}"
+                )
+            db = torch.cat(
+                [
+                    self._db(self._prepared(x[i : i + self.chunk]).reshape(-1, x.shape[-1]))
+                    for i in range(0, len(x), self.chunk)
+                ]
+            )
             self.level_db = float(torch.quantile(db.flatten()[:: max(1, db.numel() // 4_000_000)], 0.999))
         if stats:
             self.mean, self.std = channel_stats(self.unit_images(x))
@@ -187,7 +200,13 @@ class SignalToImage:
     def _db(self, windows: np.ndarray) -> torch.Tensor:
         """(N, L) -> (N, S, S): magnitude, resized (antialiased), in dB."""
         mag = self.magnitude(windows).to(torch.float32)
-        mag = F.interpolate(mag[:, None], size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+        mag = F.interpolate(
+            mag[:, None],
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[:, 0]
         return 20 * torch.log10(mag.clamp_min(1e-12))
 
     def _to_unit_image(self, windows: np.ndarray) -> torch.Tensor:

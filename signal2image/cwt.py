@@ -36,11 +36,21 @@ class CwtTransform(SignalToImage):
 
     kind = "cwt"
 
-    def __init__(self, *, wavelet: str = "cmor1.5-1.0", f_min: float = 50.0, f_max: float = 5000.0, n_scales: int = 64, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        wavelet: str = "cmor1.5-1.0",
+        f_min: float = 50.0,
+        f_max: float = 5000.0,
+        n_scales: int = 64,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._wavelet = continuous_wavelet(wavelet)
         if not 0 < f_min < f_max <= self.fs / 2:
-            raise ValueError(f"need 0 < f_min < f_max <= fs/2 = {self.fs / 2:g} Hz, got f_min={f_min}, f_max={f_max}")
+            raise ValueError(
+                f"need 0 < f_min < f_max <= fs/2 = {self.fs / 2:g} Hz, got f_min={f_min}, f_max={f_max}"
+            )
         self.wavelet = wavelet
         self.f_min = float(f_min)
         self.f_max = float(f_max)

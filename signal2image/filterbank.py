@@ -26,7 +26,15 @@ class CwtFilterBank:
         chunk: windows per FFT batch (bounds the (chunk, scales, fft) intermediate).
     """
 
-    def __init__(self, wavelet: pywt.ContinuousWavelet, scales: np.ndarray, length: int, *, precision: int = 12, chunk: int = 8) -> None:
+    def __init__(
+        self,
+        wavelet: pywt.ContinuousWavelet,
+        scales: np.ndarray,
+        length: int,
+        *,
+        precision: int = 12,
+        chunk: int = 8,
+    ) -> None:
         self.length = int(length)
         self.chunk = int(chunk)
         self.complex = bool(wavelet.complex_cwt)
@@ -40,7 +48,9 @@ class CwtFilterBank:
             j = j[j < int_psi.size]
             h = int_psi[j][::-1]
             if len(h) < 2:
-                raise ValueError(f"scale {scale} is too small for this wavelet (pywt.cwt refuses it too); raise f_min or lower f_max")
+                raise ValueError(
+                    f"scale {scale} is too small for this wavelet (pywt.cwt refuses it too); raise f_min or lower f_max"
+                )
             # diff(x * h) == (x * h')[1:], h' = first difference of h padded with zeros.
             h_diff = np.diff(np.concatenate([[0.0], h, [0.0]])) * -np.sqrt(scale)
             filters.append(h_diff)
@@ -77,7 +87,11 @@ class CwtFilterBank:
             spec = torch.fft.rfft(x, n=n_fft)[:, None, :]  # (B, 1, F): each window's FFT, once per group
             # Two real inverse FFTs (real and imaginary filter parts) beat one complex FFT of the same length.
             re = torch.fft.irfft(spec * real_bank, n=n_fft)[..., : self.length]
-            im = torch.fft.irfft(spec * imag_bank, n=n_fft)[..., : self.length] if imag_bank is not None else None
+            im = (
+                torch.fft.irfft(spec * imag_bank, n=n_fft)[..., : self.length]
+                if imag_bank is not None
+                else None
+            )
             yield members, re, im
 
     def _check(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -97,12 +111,16 @@ class CwtFilterBank:
         if out is None:
             out = torch.empty(shape, dtype=torch.float32)
         elif tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous():
-            raise ValueError(f"out must be a contiguous float32 tensor of shape {shape}, got {tuple(out.shape)} {out.dtype}")
+            raise ValueError(
+                f"out must be a contiguous float32 tensor of shape {shape}, got {tuple(out.shape)} {out.dtype}"
+            )
         for start in range(0, x.shape[0], self.chunk):
             rows = out[start : start + self.chunk]
             for members, re, im in self._parts(x[start : start + self.chunk]):
                 lo, hi = int(members[0]), int(members[-1]) + 1
-                if hi - lo == len(members) and bool((members == torch.arange(lo, hi)).all()):  # monotonic scales: a slice
+                if hi - lo == len(members) and bool(
+                    (members == torch.arange(lo, hi)).all()
+                ):  # monotonic scales: a slice
                     target = rows[:, lo:hi]
                     torch.hypot(re, im, out=target) if im is not None else torch.abs(re, out=target)
                 else:

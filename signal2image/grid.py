@@ -37,7 +37,9 @@ class GridTransform(SignalToImage):
 
     def _to_unit_image(self, windows: np.ndarray) -> torch.Tensor:
         g = self.grid(windows)[:, None]
-        return F.interpolate(g, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)[:, 0].clamp(0, 1)
+        return F.interpolate(
+            g, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
+        )[:, 0].clamp(0, 1)
 
 
 class GafTransform(SignalToImage):

@@ -29,7 +29,13 @@ class ImageTransform:
     kind = "image"
 
     def __init__(
-        self, *, image_size: int = 64, policy: str = "resize", mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5), channels: int = 3
+        self,
+        *,
+        image_size: int = 64,
+        policy: str = "resize",
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        channels: int = 3,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r} is not supported; use one of {list(POLICIES)}")
@@ -41,7 +47,14 @@ class ImageTransform:
         self.std = tuple(float(s) for s in std)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "image_size": self.image_size, "policy": self.policy, "mean": list(self.mean), "std": list(self.std), "channels": self.channels}
+        return {
+            "kind": self.kind,
+            "image_size": self.image_size,
+            "policy": self.policy,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "channels": self.channels,
+        }
 
     def __repr__(self) -> str:
         return f"ImageTransform(image_size={self.image_size}, policy={self.policy!r})"
@@ -64,7 +77,9 @@ class ImageTransform:
             arrays.append(arr)
             groups.setdefault(arr.shape, []).append(i)
         for members in groups.values():
-            x = torch.from_numpy(np.ascontiguousarray(np.stack([arrays[i] for i in members]).transpose(0, 3, 1, 2)))  # (n, C, H, W)
+            x = torch.from_numpy(
+                np.ascontiguousarray(np.stack([arrays[i] for i in members]).transpose(0, 3, 1, 2))
+            )  # (n, C, H, W)
             sized = self._sized(x)
             out[members] = sized.expand(-1, 3, -1, -1) if sized.shape[1] == 1 else sized
         return out
@@ -82,7 +97,9 @@ class ImageTransform:
         scale = s / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         x = _resize(x, nh, nw)
-        canvas = x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, x.shape[1], s, s).clone()  # pad with each image's mean
+        canvas = (
+            x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, x.shape[1], s, s).clone()
+        )  # pad with each image's mean
         top, left = (s - nh) // 2, (s - nw) // 2
         canvas[..., top : top + nh, left : left + nw] = x
         return canvas

@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_JOB = {
     "name": "tiny",
     "data": {
-        "simulator": {"recordings_per_class": 3, "duration_s": 0.5, "snr_db": [5, 10], "severity": [0.6, 1.0]},
+        "simulator": {
+            "recordings_per_class": 3,
+            "duration_s": 0.5,
+            "snr_db": [5, 10],
+            "severity": [0.6, 1.0],
+        },
         "window": {"length": 1024, "hop": 512},
     },
     "transform": {"kind": "cwt", "image_size": 32, "cwt": {"n_scales": 32, "f_max": 6000}},
@@ -50,10 +55,17 @@ def write_config(path: Path, job: dict) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """`python -m pipeline ARGS` as a real process."""
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

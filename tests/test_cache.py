@@ -41,7 +41,13 @@ def test_a_changed_source_file_invalidates_the_cache(workdir):
         (workdir / "sig" / label).mkdir(parents=True)
         for i in range(3):
             np.save(workdir / "sig" / label / f"{i}.npy", rng.standard_normal(4096).astype(np.float32))
-    overrides = [f"data.folder.path={workdir / 'sig'}", "data.window.length=1024", "data.window.hop=1024", "transform.image_size=32", "transform.cwt.n_scales=16"]
+    overrides = [
+        f"data.folder.path={workdir / 'sig'}",
+        "data.window.length=1024",
+        "data.window.hop=1024",
+        "transform.image_size=32",
+        "transform.cwt.n_scales=16",
+    ]
     cfg = load_config(ROOT / "configs" / "folder_example.yaml", overrides)
     _prepare(cfg)
     assert "(cached)" in _prepare(cfg)[1]

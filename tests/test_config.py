@@ -75,7 +75,11 @@ def test_tracking_uri_precedence(workdir, monkeypatch):
 
 def test_cli_config_errors_exit_2_without_traceback(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", {"trian": {}})
-    for args in (["run", str(bad)], ["run", str(tmp_path / "missing.yaml")], ["run", str(bad), "--set", "oops"]):
+    for args in (
+        ["run", str(bad)],
+        ["run", str(tmp_path / "missing.yaml")],
+        ["run", str(bad), "--set", "oops"],
+    ):
         proc = run_cli(*args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
@@ -107,4 +111,6 @@ def test_unwritable_export_dir_is_a_clear_error_before_training(tmp_path):
     (tmp_path / "taken").write_text("a file, not a folder")
     job = {**TINY_JOB, "export": {"dir": str(tmp_path / "taken" / "out")}}
     proc = run_cli("run", str(write_config(tmp_path / "job.yaml", job)), cwd=tmp_path)
-    assert proc.returncode == 2 and "export.dir: cannot create" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2 and "export.dir: cannot create" in proc.stderr and "Traceback" not in proc.stderr
+    )

@@ -21,8 +21,22 @@ def test_torchrun_two_cpu_processes_train_track_and_export_like_one(tmp_path):
     cfg_path = write_config(tmp_path / "ddp.yaml", job)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline", "run", str(cfg_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "pipeline",
+            "run",
+            str(cfg_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -34,7 +48,10 @@ def test_torchrun_two_cpu_processes_train_track_and_export_like_one(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and sorted(r.info.run_name for r in children) == ["finetune", "scratch"]  # as one process makes them
+    assert len(parents) == 1 and sorted(r.info.run_name for r in children) == [
+        "finetune",
+        "scratch",
+    ]  # as one process makes them
     assert all(r.info.status == "FINISHED" for r in runs)
     for child in children:
         history = client.get_metric_history(child.info.run_id, "train_loss")

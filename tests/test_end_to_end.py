@@ -42,9 +42,24 @@ def _client(work: Path) -> mlflow.MlflowClient:
 
 def test_summary_lists_both_strategies_onnx_registry_and_ui(finished_job):
     work, _, out = finished_job
-    for needle in ("strategy", "val acc", "test acc", "test macro-F1", "train time", "scratch", "finetune", "ONNX model:", "alias 'champion'", "mlflow ui --backend-store-uri"):
+    for needle in (
+        "strategy",
+        "val acc",
+        "test acc",
+        "test macro-F1",
+        "train time",
+        "scratch",
+        "finetune",
+        "ONNX model:",
+        "alias 'champion'",
+        "mlflow ui --backend-store-uri",
+    ):
         assert needle in out, needle
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("scratch ", "finetune "))}
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.startswith(("scratch ", "finetune "))
+    }
     assert rows["scratch"][1] == "random" and rows["finetune"][1] == "imagenet"
     for cells in rows.values():
         assert 0.0 <= float(cells[3]) <= 1.0  # test accuracy
@@ -73,16 +88,39 @@ def test_mlflow_holds_parent_and_child_runs_with_metrics(finished_job):
     if (Path(__file__).parents[1] / ".git").exists():
         assert len(tags["git_commit"]) == 40
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"report.md", "report.html", "comparison.csv", "split_report.json", "config.json", "examples.png", "accuracy_by_strategy.png", "learning_curves.png"} <= artifacts
+    assert {
+        "report.md",
+        "report.html",
+        "comparison.csv",
+        "split_report.json",
+        "config.json",
+        "examples.png",
+        "accuracy_by_strategy.png",
+        "learning_curves.png",
+    } <= artifacts
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    report = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.md", tracking_uri=uri)).read_text()
+    report = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent.info.run_id, artifact_path="report.md", tracking_uri=uri
+        )
+    ).read_text()
     assert "| scratch |" in report and "| finetune |" in report and "![examples.png](examples.png)" in report
     for child in children:
-        assert {"confusion_matrix.png", "learning_curves.png", "confusion_matrix.json"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
-        png = Path(mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path="confusion_matrix.png", tracking_uri=uri))
+        assert {"confusion_matrix.png", "learning_curves.png", "confusion_matrix.json"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id)
+        }
+        png = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=child.info.run_id, artifact_path="confusion_matrix.png", tracking_uri=uri
+            )
+        )
         with Image.open(png) as image:
             assert image.format == "PNG" and image.size[0] > 200
-    logged = {m.name for m in client.search_logged_models(experiment_ids=[exp.experiment_id]) if m.source_run_id == parent.info.run_id}
+    logged = {
+        m.name
+        for m in client.search_logged_models(experiment_ids=[exp.experiment_id])
+        if m.source_run_id == parent.info.run_id
+    }
     assert logged == {"model", "pytorch-model"}
 
 
@@ -112,7 +150,11 @@ def test_onnx_matches_pytorch_on_real_inputs_and_alias_resolves(finished_job):
     client = _client(work)
     version = client.get_model_version_by_alias("tiny-fault", "champion")
     assert f"models:/tiny-fault/{version.version}" in out
-    assert version.tags["strategy"] == best and "data_hash" in version.tags and float(version.tags["test_accuracy"]) >= 0
+    assert (
+        version.tags["strategy"] == best
+        and "data_hash" in version.tags
+        and float(version.tags["test_accuracy"]) >= 0
+    )
     assert meta["model"]["version"] == str(version.version) and meta["model"]["run_id"] in out
 
 
@@ -157,14 +199,23 @@ def test_predict_bad_input_exits_2_with_a_clear_message(finished_job):
     assert proc.returncode == 2 and "no-such-model" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _run_and_stop(tmp_path: Path, *, epochs: int, experiment: str, when: str, stop: int) -> tuple[Path, int, str]:
+def _run_and_stop(
+    tmp_path: Path, *, epochs: int, experiment: str, when: str, stop: int
+) -> tuple[Path, int, str]:
     """Start the tiny job as a real process, send `stop` once checkpoint `when` exists; (config, exit code, stderr)."""
     job = copy.deepcopy(TINY_JOB)
     job["train"]["epochs"] = epochs
     job["tracking"]["experiment"] = experiment
     cfg_path = write_config(tmp_path / f"{experiment}.yaml", job)
     env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(cfg_path)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not list(tmp_path.rglob(when)) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -176,7 +227,9 @@ def _run_and_stop(tmp_path: Path, *, epochs: int, experiment: str, when: str, st
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path, stop):
-    _, returncode, err = _run_and_stop(tmp_path, epochs=30, experiment="interrupted", when="scratch.pt", stop=stop)
+    _, returncode, err = _run_and_stop(
+        tmp_path, epochs=30, experiment="interrupted", when="scratch.pt", stop=stop
+    )
     assert returncode == 130 and "KILLED" in err and "Traceback" not in err
     ckpt = next(tmp_path.rglob("scratch.pt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -216,17 +269,41 @@ def test_failed_export_marks_the_job_failed_and_keeps_checkpoints(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("strict").experiment_id])
     status = {r.data.tags.get("strategy", "parent"): r.info.status for r in runs}
     assert status == {"parent": "FAILED", "scratch": "FINISHED", "finetune": "FINISHED"}
-    assert {p.name for p in tmp_path.rglob("*.pt")} >= {"scratch.pt", "finetune.pt", "scratch.best.pt", "finetune.best.pt"}
+    assert {p.name for p in tmp_path.rglob("*.pt")} >= {
+        "scratch.pt",
+        "finetune.pt",
+        "scratch.best.pt",
+        "finetune.best.pt",
+    }
 
 
 def test_export_command_writes_a_checked_int8_variant_and_a_triton_repository(finished_job):
     work, cfg_path, _ = finished_job
-    proc = run_cli("export", str(cfg_path), "--model", "models:/tiny-fault@champion", "--variant", "int8", "--variant", "fp16", "--max-accuracy-drop", "100",
-                   "--triton", str(work / "triton"), "--out", str(work / "exported"), cwd=work)
+    proc = run_cli(
+        "export",
+        str(cfg_path),
+        "--model",
+        "models:/tiny-fault@champion",
+        "--variant",
+        "int8",
+        "--variant",
+        "fp16",
+        "--max-accuracy-drop",
+        "100",
+        "--triton",
+        str(work / "triton"),
+        "--out",
+        str(work / "exported"),
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert re.search(r"int8: test accuracy [\d.]+ vs FP32 [\d.]+ .* speed-up on this CPU [\d.]+x at batch 1", proc.stdout)
+    assert re.search(
+        r"int8: test accuracy [\d.]+ vs FP32 [\d.]+ .* speed-up on this CPU [\d.]+x at batch 1", proc.stdout
+    )
     variant = OnnxInferencer(work / "exported" / "model.int8.onnx")
-    assert variant.metadata["variant"]["kind"] == "int8" and variant.classes == list(SimulatorConfig().classes)
+    assert variant.metadata["variant"]["kind"] == "int8" and variant.classes == list(
+        SimulatorConfig().classes
+    )
     assert (work / "triton" / "tiny-fault" / "1" / "model.onnx").is_file()
     nothing = run_cli("export", str(cfg_path), "--model", "models:/tiny-fault@champion", cwd=work)
     assert nothing.returncode == 2 and "nothing to do" in nothing.stderr
@@ -234,7 +311,9 @@ def test_export_command_writes_a_checked_int8_variant_and_a_triton_repository(fi
 
 def test_resume_continues_the_interrupted_job_in_the_same_runs(tmp_path):
     # scratch finished, finetune after its first epoch
-    cfg_path, returncode, _ = _run_and_stop(tmp_path, epochs=3, experiment="resumable", when="finetune.pt", stop=signal.SIGINT)
+    cfg_path, returncode, _ = _run_and_stop(
+        tmp_path, epochs=3, experiment="resumable", when="finetune.pt", stop=signal.SIGINT
+    )
     assert returncode == 130
     client = _client(tmp_path)
     experiment = client.get_experiment_by_name("resumable").experiment_id
@@ -242,7 +321,10 @@ def test_resume_continues_the_interrupted_job_in_the_same_runs(tmp_path):
     assert parent.info.status == "KILLED"
     done = run_cli("run", str(cfg_path), "--resume", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"resuming run {parent.info.run_id}" in done.stdout and "scratch: finished before the interruption" in done.stdout
+    assert (
+        f"resuming run {parent.info.run_id}" in done.stdout
+        and "scratch: finished before the interruption" in done.stdout
+    )
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     runs = client.search_runs([experiment])
     assert len(runs) == 3  # the same parent and children: nothing started over

@@ -20,7 +20,11 @@ def exported(tmp_path_factory):
     windows = np.random.default_rng(0).standard_normal((6, 512)).astype(np.float32)
     inputs = transform(windows)
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
-    meta = {"classes": ["a", "b", "c"], "transform": transform.to_dict(), "window": {"length": 512, "hop": 256}}
+    meta = {
+        "classes": ["a", "b", "c"],
+        "transform": transform.to_dict(),
+        "window": {"length": 512, "hop": 256},
+    }
     report = export_onnx(model, inputs, path, metadata=meta)
     return model, transform, windows, inputs, path, report
 
@@ -79,7 +83,9 @@ def test_inferencer_selects_the_trained_channel_and_refuses_non_onnx_files(expor
     _, _, _, _, path, _ = exported
     inf = OnnxInferencer(path)
     signal = np.random.default_rng(3).standard_normal((2, 2048)).astype(np.float32)
-    assert inf.predict_signal(signal).probabilities == pytest.approx(inf.predict_signal(signal[0]).probabilities)
+    assert inf.predict_signal(signal).probabilities == pytest.approx(
+        inf.predict_signal(signal[0]).probabilities
+    )
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(UserError, match="not a loadable ONNX model"):
         OnnxInferencer(tmp_path / "junk.onnx")

@@ -21,16 +21,25 @@ def test_folder_of_npy_and_csv_files(tmp_path):
                 np.savetxt(tmp_path / label / f"r{i}.csv", sig, delimiter=",", header="a,b", comments="")
             else:
                 np.save(tmp_path / label / f"r{i}.npy", sig)
-    cfg = load_config(ROOT / "configs" / "folder_example.yaml", [f"data.folder.path={tmp_path}", "data.folder.channel=1"])
+    cfg = load_config(
+        ROOT / "configs" / "folder_example.yaml", [f"data.folder.path={tmp_path}", "data.folder.channel=1"]
+    )
     recs = load_recordings(cfg.data)
     assert sorted(r.label for r in recs) == ["bad"] * 3 + ["good"] * 3
     assert all(r.signal.shape == (1, 3000) and r.fs == 12800 for r in recs)
     csv = next(r for r in recs if r.id == "good/r2.csv")
-    assert np.allclose(csv.signal[0], np.loadtxt(tmp_path / "good" / "r2.csv", delimiter=",", skiprows=1)[:, 1], atol=1e-6)
+    assert np.allclose(
+        csv.signal[0], np.loadtxt(tmp_path / "good" / "r2.csv", delimiter=",", skiprows=1)[:, 1], atol=1e-6
+    )
     split = split_by_recording(recs, cfg.data.split)
     assert sum(len(p) for p in split.parts().values()) == 6
     with pytest.raises(UserError, match=r"channel 5 requested but the file has 2 channel\(s\)"):
-        load_recordings(load_config(ROOT / "configs" / "folder_example.yaml", [f"data.folder.path={tmp_path}", "data.folder.channel=5"]).data)
+        load_recordings(
+            load_config(
+                ROOT / "configs" / "folder_example.yaml",
+                [f"data.folder.path={tmp_path}", "data.folder.channel=5"],
+            ).data
+        )
 
 
 def test_folder_errors(tmp_path):

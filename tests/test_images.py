@@ -48,7 +48,7 @@ def make_image_folder(root, labels=("ok", "blob", "scratch"), per_class=8):
 
 
 def test_decode_scales_by_bit_depth_and_honours_exif(tmp_path):
-    grey16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    grey16 = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     got = decode_image(tmp_path / "g16.png")
     assert got.shape == (3, 4) and np.allclose(got, grey16 / 65535.0)
@@ -94,11 +94,19 @@ def test_folder_and_manifest_ingest_with_group_split(tmp_path):
         writer = csv.writer(f)
         writer.writerow(["path", "label", "group"])
         for s in ingest.samples:
-            writer.writerow([str(s.path.relative_to(tmp_path)), s.label, f"{s.label}-board{int(s.path.stem) // 2}"])
+            writer.writerow(
+                [str(s.path.relative_to(tmp_path)), s.label, f"{s.label}-board{int(s.path.stem) // 2}"]
+            )
     samples = read_image_manifest(tmp_path / "m.csv").samples
-    split = split_units(samples, SplitConfig(train=0.5, val=0.25, test=0.25), unit=lambda s: s.group, noun="part")
+    split = split_units(
+        samples, SplitConfig(train=0.5, val=0.25, test=0.25), unit=lambda s: s.group, noun="part"
+    )
     groups = {name: {s.group for s in items} for name, items in split.parts().items()}
-    assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"] and not groups["val"] & groups["test"]
+    assert (
+        not groups["train"] & groups["test"]
+        and not groups["train"] & groups["val"]
+        and not groups["val"] & groups["test"]
+    )
     assert sum(len(v) for v in split.parts().values()) == 24
     for items in split.parts().values():
         assert {s.label for s in items} == {"ok", "blob", "scratch"}
@@ -118,11 +126,18 @@ def test_ingest_errors_name_the_class_or_column(tmp_path):
     (tmp_path / "bad.csv").write_text("file,class\na.png,ok\n")
     with pytest.raises(UserError, match=r"missing column\(s\) \['path', 'label'\]"):
         read_image_manifest(tmp_path / "bad.csv")
-    rows = [("imgs/ok/0.jpg", "ok", "train"), ("imgs/blob/0.jpg", "blob", "train"), ("imgs/scratch/0.jpg", "scratch", "test"), ("imgs/ok/1.png", "ok", "val")]
+    rows = [
+        ("imgs/ok/0.jpg", "ok", "train"),
+        ("imgs/blob/0.jpg", "blob", "train"),
+        ("imgs/scratch/0.jpg", "scratch", "test"),
+        ("imgs/ok/1.png", "ok", "val"),
+    ]
     (tmp_path / "s.csv").write_text("path,label,split\n" + "\n".join(",".join(r) for r in rows) + "\n")
     with pytest.raises(UserError, match=r"labels \['scratch'\] are in the test split but not in train"):
         split_given(read_image_manifest(tmp_path / "s.csv").samples, unit=lambda s: s.group)
-    (tmp_path / "bom.csv").write_bytes("\ufeffpath,label\nimgs/ok/0.jpg,ok\nimgs/blob/0.jpg,blob\n".encode("utf-8"))
+    (tmp_path / "bom.csv").write_bytes(
+        "\ufeffpath,label\nimgs/ok/0.jpg,ok\nimgs/blob/0.jpg,blob\n".encode("utf-8")
+    )
     assert len(read_image_manifest(tmp_path / "bom.csv").samples) == 2  # Excel's UTF-8 CSV
     (tmp_path / "latin.csv").write_bytes("path,label\nimgs/ok/0.jpg,d\xe9faut\n".encode("cp1252"))
     with pytest.raises(UserError, match="save the manifest as UTF-8"):
@@ -152,7 +167,12 @@ def test_weighted_sampler_balances_classes_and_augment_keeps_pixels():
 
 def test_per_class_metrics():
     m = per_class_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["ok", "open/short"])
-    assert m == {"precision_ok": 1.0, "recall_ok": 0.5, "precision_open/short": pytest.approx(2 / 3), "recall_open/short": 1.0}
+    assert m == {
+        "precision_ok": 1.0,
+        "recall_ok": 0.5,
+        "precision_open/short": pytest.approx(2 / 3),
+        "recall_open/short": 1.0,
+    }
 
 
 def test_image_job_end_to_end_with_a_corrupt_file(tmp_path):
@@ -160,9 +180,19 @@ def test_image_job_end_to_end_with_a_corrupt_file(tmp_path):
     (root / "blob" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     job = {
         "name": "parts",
-        "data": {"source": "images", "images": {"path": str(root)}, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "data": {
+            "source": "images",
+            "images": {"path": str(root)},
+            "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+        },
         "transform": {"kind": "image", "image_size": 32, "policy": "pad"},
-        "train": {"epochs": 1, "batch_size": 8, "num_threads": 2, "class_weighting": "sampler", "augment": {"hflip": True, "rot90": True, "brightness": 0.05}},
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "num_threads": 2,
+            "class_weighting": "sampler",
+            "augment": {"hflip": True, "rot90": True, "brightness": 0.05},
+        },
         "tracking": {"experiment": "parts", "registered_model": "parts-defect"},
     }
     cfg_path = write_config(tmp_path / "parts.yaml", job)
@@ -183,5 +213,7 @@ def test_image_job_end_to_end_with_a_corrupt_file(tmp_path):
     assert pred.returncode == 0, pred.stderr
     out = json.loads(pred.stdout)
     assert out["label"] in ("ok", "blob", "scratch") and abs(sum(out["probabilities"].values()) - 1) < 1e-5
-    bad = run_cli("predict", "--model", "models:/parts-defect@champion", str(root / "blob" / "broken.png"), cwd=tmp_path)
+    bad = run_cli(
+        "predict", "--model", "models:/parts-defect@champion", str(root / "blob" / "broken.png"), cwd=tmp_path
+    )
     assert bad.returncode == 2 and "not a readable image" in bad.stderr

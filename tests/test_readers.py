@@ -17,7 +17,13 @@ SIG = np.random.default_rng(0).standard_normal((2, 600)).astype(np.float32)
 
 def test_csv_with_time_column_gives_fs_and_named_channels(tmp_path):
     t = np.arange(600) / FS
-    np.savetxt(tmp_path / "a.csv", np.column_stack([t, SIG.T]), delimiter=",", header="time,accel_x,accel_y", comments="")
+    np.savetxt(
+        tmp_path / "a.csv",
+        np.column_stack([t, SIG.T]),
+        delimiter=",",
+        header="time,accel_x,accel_y",
+        comments="",
+    )
     got = read_signal_file(tmp_path / "a.csv")
     assert got.fs == pytest.approx(FS, rel=1e-6) and got.channels == ["accel_x", "accel_y"]
     assert np.allclose(got.data, SIG, atol=1e-6)
@@ -40,7 +46,10 @@ def test_matlab_v5_cwru_naming_and_v73(tmp_path):
     import h5py
     import scipy.io
 
-    scipy.io.savemat(tmp_path / "97.mat", {"X097_DE_time": SIG[0][:, None], "X097_FE_time": SIG[1][:, None], "X097RPM": np.array([[1796]])})
+    scipy.io.savemat(
+        tmp_path / "97.mat",
+        {"X097_DE_time": SIG[0][:, None], "X097_FE_time": SIG[1][:, None], "X097RPM": np.array([[1796]])},
+    )
     got = read_signal_file(tmp_path / "97.mat")
     assert got.channels == ["DE", "FE"] and got.extra == {"rpm": 1796.0} and got.fs is None
     assert np.allclose(got.data, SIG)
@@ -66,7 +75,12 @@ def test_tdms_fs_from_wf_increment(tmp_path):
     from nptdms import ChannelObject, TdmsWriter
 
     with TdmsWriter(tmp_path / "a.tdms") as writer:
-        writer.write_segment([ChannelObject("gearbox", name, SIG[i], properties={"wf_increment": 1 / FS}) for i, name in enumerate(("acc1", "acc2"))])
+        writer.write_segment(
+            [
+                ChannelObject("gearbox", name, SIG[i], properties={"wf_increment": 1 / FS})
+                for i, name in enumerate(("acc1", "acc2"))
+            ]
+        )
     got = read_signal_file(tmp_path / "a.tdms")
     assert got.channels == ["gearbox/acc1", "gearbox/acc2"] and got.fs == pytest.approx(FS)
     assert np.allclose(got.data, SIG)
@@ -101,16 +115,31 @@ def test_folder_fs_from_files_resampling_and_nan_policy(tmp_path):
     recs = load_recordings(load_config(ROOT / "configs" / "folder_example.yaml", base).data)
     assert all(r.fs == FS for r in recs) and len(recs) == 6
     with pytest.raises(UserError, match="set data.folder.resample: true"):
-        load_recordings(load_config(ROOT / "configs" / "folder_example.yaml", base + ["data.folder.fs=6000"]).data)
-    half = load_recordings(load_config(ROOT / "configs" / "folder_example.yaml", base + ["data.folder.fs=6000", "data.folder.resample=true"]).data)
+        load_recordings(
+            load_config(ROOT / "configs" / "folder_example.yaml", base + ["data.folder.fs=6000"]).data
+        )
+    half = load_recordings(
+        load_config(
+            ROOT / "configs" / "folder_example.yaml",
+            base + ["data.folder.fs=6000", "data.folder.resample=true"],
+        ).data
+    )
     assert all(r.fs == 6000 and r.signal.shape == (1, 300) for r in half)
     bad = SIG.T.copy()
     bad[3, 0] = np.nan
     np.save(tmp_path / "bad" / "nan.npy", bad)
     with pytest.raises(UserError, match="NaN or Inf"):
-        load_recordings(load_config(ROOT / "configs" / "folder_example.yaml", base + ["data.folder.fs=12000"]).data)
+        load_recordings(
+            load_config(ROOT / "configs" / "folder_example.yaml", base + ["data.folder.fs=12000"]).data
+        )
     report: dict = {}
-    kept = load_recordings(load_config(ROOT / "configs" / "folder_example.yaml", base + ["data.folder.fs=12000", "data.folder.nan_policy=drop"]).data, report)
+    kept = load_recordings(
+        load_config(
+            ROOT / "configs" / "folder_example.yaml",
+            base + ["data.folder.fs=12000", "data.folder.nan_policy=drop"],
+        ).data,
+        report,
+    )
     assert len(kept) == 6 and report["nan_dropped"] == [str(tmp_path / "bad" / "nan.npy")]
     (tmp_path / "bad" / "nan.npy").unlink()
     (tmp_path / "good" / "0.wav").write_bytes(b"RIFFjunk")

@@ -22,7 +22,13 @@ def _version(client, name, score, data_hash, tmp_path):
 def test_champion_moves_only_on_improvement_on_the_same_data(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'reg.db'}")
     client.create_registered_model("m")
-    steps = [(0.70, "aaa", "champion"), (0.70, "aaa", "challenger"), (0.65, "aaa", "challenger"), (0.80, "aaa", "champion"), (0.99, "bbb", "challenger")]
+    steps = [
+        (0.70, "aaa", "champion"),
+        (0.70, "aaa", "challenger"),
+        (0.65, "aaa", "challenger"),
+        (0.80, "aaa", "champion"),
+        (0.99, "bbb", "challenger"),
+    ]
     for score, data_hash, expected in steps:
         version = _version(client, "m", score, data_hash, tmp_path)
         alias, reason = decide_alias(client, "m", version, score, data_hash, "champion")
@@ -38,11 +44,26 @@ def test_champion_moves_only_on_improvement_on_the_same_data(tmp_path):
 
 
 def _trial(strategy, seed, acc, fraction=1.0):
-    return TrialResult(strategy, "imagenet" if strategy != "scratch" else "random", seed, fraction, acc, acc, acc, acc, acc, 0, 1.0, f"r{seed}")
+    return TrialResult(
+        strategy,
+        "imagenet" if strategy != "scratch" else "random",
+        seed,
+        fraction,
+        acc,
+        acc,
+        acc,
+        acc,
+        acc,
+        0,
+        1.0,
+        f"r{seed}",
+    )
 
 
 def test_aggregates_and_reports():
-    trials = [_trial("scratch", s, a) for s, a in enumerate((0.6, 0.7, 0.8))] + [_trial("finetune", s, 0.9) for s in range(3)]
+    trials = [_trial("scratch", s, a) for s, a in enumerate((0.6, 0.7, 0.8))] + [
+        _trial("finetune", s, 0.9) for s in range(3)
+    ]
     aggs = aggregate(trials)
     assert [a.strategy for a in aggs] == ["scratch", "finetune"]
     mean, std = aggs[0].stat("test_accuracy")

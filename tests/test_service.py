@@ -37,7 +37,17 @@ FS, LENGTH = 8000, 1024
 def _export(path: Path, transform, inputs: torch.Tensor, seed: int, extra: dict) -> Path:
     torch.manual_seed(seed)
     model = build_model("efficientnet_lite0", num_classes=3, pretrained=False).eval()
-    export_onnx(model, inputs, path, metadata={"classes": ["good", "worn", "broken"], "transform": transform.to_dict(), "model": {"name": path.stem}, **extra})
+    export_onnx(
+        model,
+        inputs,
+        path,
+        metadata={
+            "classes": ["good", "worn", "broken"],
+            "transform": transform.to_dict(),
+            "model": {"name": path.stem},
+            **extra,
+        },
+    )
     return path
 
 
@@ -70,8 +80,21 @@ class Server:
             env["PIPELINE_API_KEY"] = key
         self.log = open(model.parent / f"serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "serve", "--model", str(model), "--port", str(self.port), *args],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "serve",
+                "--model",
+                str(model),
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -99,7 +122,9 @@ class Server:
 
     def metric(self, name: str) -> float:
         text = requests.get(self.url + "/metrics", timeout=10).text
-        return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+        return sum(
+            float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +151,11 @@ def test_signal_predictions_equal_the_inferencers_for_json_and_float32_bodies(si
     expected = inferencer.predict_windows(cut_windows(x[None], LENGTH, 512)).mean(0)
     for response in (
         signal_server.post("/v1/predict/signal", json={"fs": FS, "data": x.tolist()}),
-        signal_server.post(f"/v1/predict/signal?fs={FS}", data=x.tobytes(), headers={"content-type": "application/octet-stream"}),
+        signal_server.post(
+            f"/v1/predict/signal?fs={FS}",
+            data=x.tobytes(),
+            headers={"content-type": "application/octet-stream"},
+        ),
         signal_server.post("/v1/predict/signal", json={"fs": FS, "data": [x.tolist()]}),  # channels x samples
     ):
         assert response.status_code == 200, response.text
@@ -135,7 +164,11 @@ def test_signal_predictions_equal_the_inferencers_for_json_and_float32_bodies(si
         assert np.allclose([body["probabilities"][c] for c in inferencer.classes], expected, atol=1e-5)
         assert body["label"] == inferencer.classes[int(expected.argmax())]
     described = requests.get(signal_server.url + "/v1/model", timeout=10).json()
-    assert described["fs"] == FS and described["window"] == {"length": LENGTH, "hop": 512} and described["classes"] == inferencer.classes
+    assert (
+        described["fs"] == FS
+        and described["window"] == {"length": LENGTH, "hop": 512}
+        and described["classes"] == inferencer.classes
+    )
     assert described["providers"] == ["CPUExecutionProvider"]
     assert "CUDA execution provider not usable here" in signal_server.output()  # the CPU fallback says so
     assert requests.get(signal_server.url + "/healthz", timeout=10).json() == {"status": "ok"}
@@ -145,7 +178,16 @@ def test_concurrent_requests_are_batched(signal_server):
     before_runs = signal_server.metric("pipeline_batch_requests_count")
     before_requests = signal_server.metric("pipeline_batch_requests_sum")
     with ThreadPoolExecutor(16) as pool:
-        codes = list(pool.map(lambda i: signal_server.post("/v1/predict/signal", json={"fs": FS, "data": _signal(i, LENGTH).tolist()}).status_code, range(32)))
+        codes = list(
+            pool.map(
+                lambda i: (
+                    signal_server.post(
+                        "/v1/predict/signal", json={"fs": FS, "data": _signal(i, LENGTH).tolist()}
+                    ).status_code
+                ),
+                range(32),
+            )
+        )
     assert codes == [200] * 32
     runs = signal_server.metric("pipeline_batch_requests_count") - before_runs
     served = signal_server.metric("pipeline_batch_requests_sum") - before_requests
@@ -157,8 +199,25 @@ def test_concurrent_requests_are_batched(signal_server):
 @pytest.mark.parametrize(
     ("kwargs", "status", "field", "needle"),
     [
-        ({"data": json.dumps({"fs": FS, "data": [1.0, float("nan")] * 600}), "headers": {"content-type": "application/json"}}, 422, "data", "NaN or Inf"),
-        ({"data": np.array([1.0, np.inf] * 600, "<f4").tobytes(), "headers": {"content-type": "application/octet-stream"}, "params": {"fs": FS}}, 422, "data", "NaN or Inf"),
+        (
+            {
+                "data": json.dumps({"fs": FS, "data": [1.0, float("nan")] * 600}),
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "data",
+            "NaN or Inf",
+        ),
+        (
+            {
+                "data": np.array([1.0, np.inf] * 600, "<f4").tobytes(),
+                "headers": {"content-type": "application/octet-stream"},
+                "params": {"fs": FS},
+            },
+            422,
+            "data",
+            "NaN or Inf",
+        ),
         ({"data": b"", "headers": {"content-type": "application/json"}}, 400, "body", "empty"),
         ({"data": b"x" * (300 << 10), "headers": {"content-type": "application/json"}}, 413, "body", "limit"),
         ({"data": b"{nope", "headers": {"content-type": "application/json"}}, 400, "body", "not valid JSON"),
@@ -168,11 +227,46 @@ def test_concurrent_requests_are_batched(signal_server):
         ({"json": {"fs": "fast", "data": [0.0] * 3000}}, 422, "fs", "sample rate"),
         ({"json": {"data": [0.0] * 3000}}, 422, "body", "'fs'"),
         ({"json": {"fs": FS, "data": [0.0] * 100}}, 422, "data", "at least one window of 1024 samples"),
-        ({"data": b"\x00\x00\x80", "headers": {"content-type": "application/octet-stream"}, "params": {"fs": FS}}, 422, "body", "multiple of 4"),
-        ({"data": b"\x00" * 4096, "headers": {"content-type": "application/octet-stream"}}, 422, "fs", "?fs="),
-        ({"data": b"1,2,3", "headers": {"content-type": "text/csv"}}, 415, "content-type", "application/json"),
-        ({"data": b'{"fs": 1' + b"0" * 400 + b', "data": [0.0]}', "headers": {"content-type": "application/json"}}, 422, "fs", "sample rate in Hz"),
-        ({"data": b'{"fs": 8000, "data": [1' + b"0" * 400 + b"]}", "headers": {"content-type": "application/json"}}, 422, "data", "list of numbers"),
+        (
+            {
+                "data": b"\x00\x00\x80",
+                "headers": {"content-type": "application/octet-stream"},
+                "params": {"fs": FS},
+            },
+            422,
+            "body",
+            "multiple of 4",
+        ),
+        (
+            {"data": b"\x00" * 4096, "headers": {"content-type": "application/octet-stream"}},
+            422,
+            "fs",
+            "?fs=",
+        ),
+        (
+            {"data": b"1,2,3", "headers": {"content-type": "text/csv"}},
+            415,
+            "content-type",
+            "application/json",
+        ),
+        (
+            {
+                "data": b'{"fs": 1' + b"0" * 400 + b', "data": [0.0]}',
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "fs",
+            "sample rate in Hz",
+        ),
+        (
+            {
+                "data": b'{"fs": 8000, "data": [1' + b"0" * 400 + b"]}",
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "data",
+            "list of numbers",
+        ),
     ],
 )
 def test_bad_signal_input_gets_a_4xx_naming_the_field(signal_server, kwargs, status, field, needle):
@@ -188,19 +282,30 @@ def test_image_service_auth_predictions_and_bad_images(image_server, models):
     png = io.BytesIO()
     Image.fromarray(picture).save(png, format="PNG")
     headers = {"content-type": "image/png"}
-    assert image_server.post("/v1/predict/image", data=png.getvalue(), headers=headers).status_code == 401  # --protect-predict
-    wrong = image_server.post("/v1/predict/image", data=png.getvalue(), headers={**headers, "x-api-key": "nope"})
+    assert (
+        image_server.post("/v1/predict/image", data=png.getvalue(), headers=headers).status_code == 401
+    )  # --protect-predict
+    wrong = image_server.post(
+        "/v1/predict/image", data=png.getvalue(), headers={**headers, "x-api-key": "nope"}
+    )
     assert wrong.status_code == 401 and wrong.json()["error"]["field"] == "X-API-Key"
     ok = image_server.post("/v1/predict/image", data=png.getvalue(), headers={**headers, "x-api-key": KEY})
     assert ok.status_code == 200, ok.text
     expected = inferencer.predict_images([picture.astype(np.float32) / 255])[0]
     assert np.allclose([ok.json()["probabilities"][c] for c in inferencer.classes], expected, atol=1e-5)
-    files = [("file", ("a.png", png.getvalue(), "image/png")), ("file", ("b.png", png.getvalue(), "image/png"))]
+    files = [
+        ("file", ("a.png", png.getvalue(), "image/png")),
+        ("file", ("b.png", png.getvalue(), "image/png")),
+    ]
     multi = image_server.post("/v1/predict/image", files=files, headers={"x-api-key": KEY})
     assert multi.status_code == 200 and [r["file"] for r in multi.json()["results"]] == ["a.png", "b.png"]
-    bad = image_server.post("/v1/predict/image", data=b"not an image at all", headers={**headers, "x-api-key": KEY})
+    bad = image_server.post(
+        "/v1/predict/image", data=b"not an image at all", headers={**headers, "x-api-key": KEY}
+    )
     assert bad.status_code == 422 and "not a readable image" in bad.json()["error"]["message"]
-    other = image_server.post("/v1/predict/signal", json={"fs": FS, "data": [0.0] * 10}, headers={"x-api-key": KEY})
+    other = image_server.post(
+        "/v1/predict/signal", json={"fs": FS, "data": [0.0] * 10}, headers={"x-api-key": KEY}
+    )
     assert other.status_code == 404 and "/v1/predict/image" in other.json()["error"]["message"]
 
 
@@ -212,32 +317,52 @@ def test_reload_under_load_loses_no_request(signal_server, models):
 
     def client(seed: int) -> None:
         while not stop.is_set():
-            codes.append(signal_server.post("/v1/predict/signal", json={"fs": FS, "data": _signal(seed, 2048).tolist()}).status_code)
+            codes.append(
+                signal_server.post(
+                    "/v1/predict/signal", json={"fs": FS, "data": _signal(seed, 2048).tolist()}
+                ).status_code
+            )
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     time.sleep(0.5)
     for target in ("signal_b", "signal_a", "signal_b"):
-        r = signal_server.post("/v1/admin/reload", json={"model": str(models[target])}, headers={"x-api-key": KEY})
+        r = signal_server.post(
+            "/v1/admin/reload", json={"model": str(models[target])}, headers={"x-api-key": KEY}
+        )
         assert r.status_code == 200 and r.json()["model"]["source"] == str(models[target])
     time.sleep(0.5)
     stop.set()
     for t in threads:
         t.join()
     assert len(codes) > 10 and set(codes) == {200}
-    expected = OnnxInferencer(models["signal_b"]).predict_windows(cut_windows(_signal(9)[None], LENGTH, 512)).mean(0)
+    expected = (
+        OnnxInferencer(models["signal_b"]).predict_windows(cut_windows(_signal(9)[None], LENGTH, 512)).mean(0)
+    )
     now = signal_server.post("/v1/predict/signal", json={"fs": FS, "data": _signal(9).tolist()}).json()
-    assert np.allclose([now["probabilities"][c] for c in ("good", "worn", "broken")], expected, atol=1e-5)  # the new model answers
-    same = signal_server.post("/v1/admin/reload", headers={"x-api-key": KEY})  # empty body: reload the current source
+    assert np.allclose(
+        [now["probabilities"][c] for c in ("good", "worn", "broken")], expected, atol=1e-5
+    )  # the new model answers
+    same = signal_server.post(
+        "/v1/admin/reload", headers={"x-api-key": KEY}
+    )  # empty body: reload the current source
     assert same.status_code == 200 and same.json()["model"]["source"] == str(models["signal_b"])
-    refused = signal_server.post("/v1/admin/reload", json={"model": str(models["image"])}, headers={"x-api-key": KEY})
+    refused = signal_server.post(
+        "/v1/admin/reload", json={"model": str(models["image"])}, headers={"x-api-key": KEY}
+    )
     assert refused.status_code == 422 and "previous model stays" in refused.json()["error"]["message"]
     assert signal_server.metric("pipeline_reloads_total") >= 5
 
 
 def test_serve_refuses_a_missing_model_with_exit_code_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--model", str(tmp_path / "none.onnx")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "serve", "--model", str(tmp_path / "none.onnx")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -247,30 +372,51 @@ def test_int8_is_refused_when_it_loses_accuracy_and_accepted_when_not(models, tm
     reference = OnnxInferencer(models["signal_a"])
     labels = reference.predict_inputs(inputs).argmax(1)  # FP32 is right on every input by construction
     int8 = make_int8(models["signal_a"], tmp_path / "a.int8.onnx", inputs[:32])
-    assert OnnxInferencer(int8).metadata["variant"]["kind"] == "int8" and OnnxInferencer(int8).classes == reference.classes
-    report = evaluate_variant("int8", models["signal_a"], int8, inputs, labels, tolerance_points=100.0, rounds=1)
+    assert (
+        OnnxInferencer(int8).metadata["variant"]["kind"] == "int8"
+        and OnnxInferencer(int8).classes == reference.classes
+    )
+    report = evaluate_variant(
+        "int8", models["signal_a"], int8, inputs, labels, tolerance_points=100.0, rounds=1
+    )
     assert report.reference_accuracy == 1.0 and report.accepted and report.speedup_batch1 > 0
     # Another network posing as a variant: it disagrees with FP32, so it loses accuracy and is refused.
-    impostor = evaluate_variant("int8", models["signal_a"], models["signal_b"], inputs, labels, tolerance_points=1.0, rounds=1)
+    impostor = evaluate_variant(
+        "int8", models["signal_a"], models["signal_b"], inputs, labels, tolerance_points=1.0, rounds=1
+    )
     assert impostor.drop_points > 1.0 and not impostor.accepted and "REFUSED" in str(impostor)
 
 
 def test_triton_repository_layout(models, tmp_path):
-    folder = write_triton_repository(models["signal_a"], tmp_path / "repo", name="gearbox-fault", max_batch=16)
+    folder = write_triton_repository(
+        models["signal_a"], tmp_path / "repo", name="gearbox-fault", max_batch=16
+    )
     config = (folder / "config.pbtxt").read_text()
-    assert 'name: "gearbox-fault"' in config and 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 16" in config
+    assert (
+        'name: "gearbox-fault"' in config
+        and 'platform: "onnxruntime_onnx"' in config
+        and "max_batch_size: 16" in config
+    )
     assert re.search(r'name: "input"\s+data_type: TYPE_FP32\s+dims: \[ 3, 32, 32 \]', config)
-    assert re.search(r'name: "logits"\s+data_type: TYPE_FP32\s+dims: \[ 3 \]', config) and "dynamic_batching" in config
+    assert (
+        re.search(r'name: "logits"\s+data_type: TYPE_FP32\s+dims: \[ 3 \]', config)
+        and "dynamic_batching" in config
+    )
     assert (folder / "labels.txt").read_text().split() == ["good", "worn", "broken"]
     copied = onnx.load(str(folder / "1" / "model.onnx"))
-    assert copied.graph.input[0].name == "input" and json.loads((folder / "metadata.json").read_text())["transform"]["kind"] == "cwt"
+    assert (
+        copied.graph.input[0].name == "input"
+        and json.loads((folder / "metadata.json").read_text())["transform"]["kind"] == "cwt"
+    )
 
 
 def test_resampling_is_bounded_and_matches_the_models_rate(models):
     from deploy.service import ApiError, signal_windows
 
     inferencer = OnnxInferencer(models["signal_a"])
-    windows = signal_windows(inferencer, _signal(4, 1500)[None], 4000.0, resample=True)  # 1,500 samples at 4 kHz -> 3,000 at 8 kHz
+    windows = signal_windows(
+        inferencer, _signal(4, 1500)[None], 4000.0, resample=True
+    )  # 1,500 samples at 4 kHz -> 3,000 at 8 kHz
     assert windows.shape == (4, 1, LENGTH)  # windows of 1,024 every 512 samples
     with pytest.raises(ApiError, match="limited to a factor of 16") as err:
         signal_windows(inferencer, _signal(4, 3000)[None], 100.0, resample=True)

@@ -44,7 +44,13 @@ def _manifest_set(root, rng):
                 wavfile.write(root / f"{label}{i}.wav", FS, two.T)
                 rows.append(f"{label}{i}.wav,{label},{label}-run0,ch0,,1500,{load},{split}")
             else:
-                np.savetxt(root / f"{label}{i}.csv", np.column_stack([t, two.T]), delimiter=",", header="time,acc,mic", comments="")
+                np.savetxt(
+                    root / f"{label}{i}.csv",
+                    np.column_stack([t, two.T]),
+                    delimiter=",",
+                    header="time,acc,mic",
+                    comments="",
+                )
                 rows.append(f"{label}{i}.csv,{label},,acc,,1800,{load},{split}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"
@@ -53,7 +59,14 @@ def _manifest_set(root, rng):
 def _folder_cfg(manifest, *overrides):
     return load_config(
         ROOT / "configs" / "folder_example.yaml",
-        ["data.folder.path=null", f"data.folder.manifest={manifest}", "data.folder.fs=null", "transform.cwt.f_max=3000", "transform.cwt.f_min=100", *overrides],
+        [
+            "data.folder.path=null",
+            f"data.folder.manifest={manifest}",
+            "data.folder.fs=null",
+            "transform.cwt.f_max=3000",
+            "transform.cwt.f_min=100",
+            *overrides,
+        ],
     )
 
 
@@ -64,7 +77,9 @@ def test_manifest_reads_channels_rates_conditions_and_its_split_column(tmp_path)
     assert len(recs) == 8 and all(r.signal.shape == (1, 3000) and r.fs == pytest.approx(FS) for r in recs)
     good0 = next(r for r in recs if r.id == "good0.npy")
     t = np.arange(3000) / FS
-    assert np.allclose(good0.signal[0], np.sin(2 * np.pi * 300 * t), atol=1e-6)  # channel 0 of the npy, as the manifest says
+    assert np.allclose(
+        good0.signal[0], np.sin(2 * np.pi * 300 * t), atol=1e-6
+    )  # channel 0 of the npy, as the manifest says
     good2 = next(r for r in recs if r.id == "good2.csv")
     assert np.allclose(good2.signal[0], np.sin(2 * np.pi * 300 * t), atol=1e-5)  # channel "acc" by name
     assert good0.condition["rpm"] == 1500.0 and good2.condition["load"] == 2.0
@@ -75,7 +90,9 @@ def test_manifest_reads_channels_rates_conditions_and_its_split_column(tmp_path)
     # The same manifest, split by operating condition instead: load 3 held out.
     held = split_recordings(recs, SplitConfig(by="condition", condition="load", test_values=(3,)))
     assert {r.condition["load"] for r in held.test} == {3.0}
-    assert not {r.unit for r in held.train} & {r.unit for r in held.val}  # the two segments of a run stay together
+    assert not {r.unit for r in held.train} & {
+        r.unit for r in held.val
+    }  # the two segments of a run stay together
 
 
 def test_manifest_bad_input_names_the_line_and_the_fix(tmp_path):
@@ -97,7 +114,9 @@ def test_manifest_bad_input_names_the_line_and_the_fix(tmp_path):
     with pytest.raises(UserError, match=r"line 2: fs '8k' is not a sample rate"):
         load_recordings(_folder_cfg(tmp_path / "rate.csv").data)
     (tmp_path / "two.csv").write_text(text.replace(",acc,", ",acc|mic,", 1))
-    with pytest.raises(UserError, match=r"selects 2 channel\(s\) \['acc', 'mic'\] but data.folder.channel has 1"):
+    with pytest.raises(
+        UserError, match=r"selects 2 channel\(s\) \['acc', 'mic'\] but data.folder.channel has 1"
+    ):
         load_recordings(_folder_cfg(tmp_path / "two.csv").data)
     # A class only in the test split.
     lines = text.splitlines()
@@ -107,11 +126,15 @@ def test_manifest_bad_input_names_the_line_and_the_fix(tmp_path):
     with pytest.raises(UserError, match=r"labels \['ugly'\] are in the test split but not in train"):
         split_recordings(recs, SplitConfig())
     with pytest.raises(UserError, match="by is 'column' but the recordings carry no split column"):
-        split_recordings([r for r in recs if r.condition.pop("split", None) or True], SplitConfig(by="column"))
+        split_recordings(
+            [r for r in recs if r.condition.pop("split", None) or True], SplitConfig(by="column")
+        )
 
 
 def test_split_by_condition_holds_out_the_condition_and_refuses_bad_keys():
-    recs = GearboxSimulator(SimulatorConfig(recordings_per_class=6, duration_s=0.5, snr_db=(5, 10), severity=(0.6, 1.0))).recordings()
+    recs = GearboxSimulator(
+        SimulatorConfig(recordings_per_class=6, duration_s=0.5, snr_db=(5, 10), severity=(0.6, 1.0))
+    ).recordings()
     split = split_by_condition(recs, SplitConfig(by="condition", condition="rpm", test_range=(1900, 2200)))
     assert split.test and all(1900 <= r.condition["rpm"] <= 2200 for r in split.test)
     assert all(not 1900 <= r.condition["rpm"] <= 2200 for r in split.train + split.val)
@@ -135,7 +158,9 @@ def test_window_normalisation_makes_images_gain_and_offset_free_and_a_fitted_lev
     loud, quiet = fitted.unit_images(np.concatenate([x, 0.1 * x]))
     assert loud.mean() > quiet.mean() + 0.2  # 20 dB quieter is darker against a fixed level
     peak = signal2image.CwtTransform(**common)
-    assert torch.allclose(*peak.unit_images(np.concatenate([x, 0.1 * x])), atol=1e-5)  # each image's own peak: the same
+    assert torch.allclose(
+        *peak.unit_images(np.concatenate([x, 0.1 * x])), atol=1e-5
+    )  # each image's own peak: the same
     windowed = signal2image.from_dict({**fitted.to_dict(), "signal_norm": "window"})
     a, b = windowed.unit_images(np.concatenate([x, 7 * x + 3]))
     assert torch.allclose(a, b, atol=1e-4)
@@ -181,17 +206,27 @@ def test_one_channel_job_split_by_condition_exports_what_the_service_reproduces(
     proc = run_cli("run", str(cfg_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "fitted on the training split: level" in proc.stdout
-    assert re.search(r"export:\s+int8: \S+model.int8.onnx registered as models:/tiny-fault-int8/1", proc.stdout), proc.stdout
-    assert (tmp_path / "triton" / "tiny-fault" / "config.pbtxt").is_file() and "dims: [ 1, 32, 32 ]" in (tmp_path / "triton" / "tiny-fault" / "config.pbtxt").read_text()
+    assert re.search(
+        r"export:\s+int8: \S+model.int8.onnx registered as models:/tiny-fault-int8/1", proc.stdout
+    ), proc.stdout
+    assert (tmp_path / "triton" / "tiny-fault" / "config.pbtxt").is_file() and "dims: [ 1, 32, 32 ]" in (
+        tmp_path / "triton" / "tiny-fault" / "config.pbtxt"
+    ).read_text()
     onnx_path = tmp_path / re.search(r"ONNX model:\s+(\S+)", proc.stdout).group(1)
     inferencer = OnnxInferencer(onnx_path)
     meta = inferencer.metadata
-    assert meta["input_shape"][1] == 1 and meta["transform"]["channels"] == 1 and meta["transform"]["level_db"] is not None
+    assert (
+        meta["input_shape"][1] == 1
+        and meta["transform"]["channels"] == 1
+        and meta["transform"]["level_db"] is not None
+    )
     cfg = load_config(cfg_path)
     data = prepare_data(cfg, echo=lambda s: None)  # from the job's cache: the images the model was tested on
     assert data.report()["split"]["by"] == "condition"
     assert all(1900 <= v <= 2200 for v in data.report()["split"]["test"])
     test = data.windows["test"]
     expected = inferencer.predict_inputs(data.images["test"].numpy())
-    got = inferencer.predict_windows(np.asarray(test.x))  # raw windows through the transform rebuilt from metadata
+    got = inferencer.predict_windows(
+        np.asarray(test.x)
+    )  # raw windows through the transform rebuilt from metadata
     assert np.allclose(got, expected, atol=1e-5)

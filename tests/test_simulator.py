@@ -7,7 +7,16 @@ from pipeline.config import SimulatorConfig
 from pipeline.ingest.simulator import GearboxGeometry, GearboxSimulator
 
 # One fixed operating point, clean and severe, so the physics is visible in single recordings.
-CLEAN = dict(fs=12800, duration_s=4.0, recordings_per_class=3, rpm=(1500, 1500), load=(0.6, 0.6), snr_db=(20, 20), resonance_hz=(3000, 3000), severity=(1.0, 1.0))
+CLEAN = dict(
+    fs=12800,
+    duration_s=4.0,
+    recordings_per_class=3,
+    rpm=(1500, 1500),
+    load=(0.6, 0.6),
+    snr_db=(20, 20),
+    resonance_hz=(3000, 3000),
+    severity=(1.0, 1.0),
+)
 
 
 def _envelope_spectrum(x: np.ndarray, fs: float, band: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,11 @@ def test_no_recording_in_two_splits_and_every_class_everywhere(recordings):
     classes = sorted({r.label for r in recordings})
     windows = {name: make_windows(recs, classes, 1024, 256) for name, recs in split.parts().items()}
     owners = {name: set(ws.recording_ids) for name, ws in windows.items()}
-    assert not owners["train"] & owners["test"] and not owners["train"] & owners["val"] and not owners["val"] & owners["test"]
+    assert (
+        not owners["train"] & owners["test"]
+        and not owners["train"] & owners["val"]
+        and not owners["val"] & owners["test"]
+    )
     # Same seed, same split; another seed, another split.
     again = split_by_recording(recordings, SplitConfig())
     assert [r.id for r in again.test] == [r.id for r in split.test]
@@ -76,9 +80,23 @@ def test_window_in_seconds(tmp_path):
     from pipeline.config import load_config
     from pipeline.data import prepare_data
 
-    cfg = load_config(None, ["data.simulator.recordings_per_class=3", "data.simulator.duration_s=0.5", "data.window.length_s=0.08", "data.window.hop_s=0.04", "transform.image_size=16", "transform.cwt.n_scales=8", f"data.cache_dir={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "data.simulator.recordings_per_class=3",
+            "data.simulator.duration_s=0.5",
+            "data.window.length_s=0.08",
+            "data.window.hop_s=0.04",
+            "transform.image_size=16",
+            "transform.cwt.n_scales=8",
+            f"data.cache_dir={tmp_path}",
+        ],
+    )
     data = prepare_data(cfg, echo=lambda s: None)
     assert data.window == {"length": 1024, "hop": 512}  # 0.08 s and 0.04 s at 12.8 kHz
     assert data.windows["train"].x.shape[-1] == 1024 and len(data.windows["train"]) == 5 * 11
     with pytest.raises(UserError, match="at least 16 samples"):
-        prepare_data(load_config(None, ["data.window.length_s=0.0001", f"data.cache_dir={tmp_path}"]), echo=lambda s: None)
+        prepare_data(
+            load_config(None, ["data.window.length_s=0.0001", f"data.cache_dir={tmp_path}"]),
+            echo=lambda s: None,
+        )

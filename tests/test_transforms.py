@@ -17,7 +17,13 @@ def _sine(freq: float, n: int = 2048, phase: float = 0.0) -> np.ndarray:
     return np.sin(2 * np.pi * freq * np.arange(n) / FS + phase).astype(np.float32)
 
 
-@pytest.mark.parametrize("transform", [CwtTransform(fs=FS, image_size=48, n_scales=32, f_min=100, f_max=6000), StftTransform(fs=FS, image_size=40, nperseg=128, hop=32)])
+@pytest.mark.parametrize(
+    "transform",
+    [
+        CwtTransform(fs=FS, image_size=48, n_scales=32, f_min=100, f_max=6000),
+        StftTransform(fs=FS, image_size=40, nperseg=128, hop=32),
+    ],
+)
 def test_shape_range_roundtrip_and_batch(transform):
     rng = np.random.default_rng(0)
     windows = rng.standard_normal((5, 2048)).astype(np.float32)
@@ -74,7 +80,9 @@ def test_invalid_settings_name_the_fix():
         signal2image.from_dict({"kind": "wigner"})
 
 
-@pytest.mark.parametrize("wavelet", ["cmor1.5-1.0", "morl", "mexh", "cgau4", "shan1.5-1.0", "fbsp1-1.5-1.0", "gaus2"])
+@pytest.mark.parametrize(
+    "wavelet", ["cmor1.5-1.0", "morl", "mexh", "cgau4", "shan1.5-1.0", "fbsp1-1.5-1.0", "gaus2"]
+)
 def test_filter_bank_computes_what_pywt_cwt_computes(wavelet):
     from signal2image.filterbank import CwtFilterBank
 
@@ -97,7 +105,9 @@ def test_reshape_to_grid_is_exact_and_gaf_is_a_gram_matrix():
     grid = GridTransform(fs=FS, image_size=31).grid(x)  # side = isqrt(1000) = 31
     first = x[0, : 31 * 31]
     assert grid.shape == (3, 31, 31)
-    assert np.allclose(grid[0].numpy(), ((first - first.min()) / (first.max() - first.min())).reshape(31, 31), atol=1e-6)
+    assert np.allclose(
+        grid[0].numpy(), ((first - first.min()) / (first.max() - first.min())).reshape(31, 31), atol=1e-6
+    )
     out = GridTransform(fs=FS, image_size=31)(x)  # no resize needed at this size: the same grid
     assert torch.allclose((out[:, 0] + 1) / 2, grid, atol=1e-5)
     gaf = GafTransform(fs=FS, image_size=20)

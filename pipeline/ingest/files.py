@@ -45,7 +45,9 @@ class SignalFile:
         else:
             index = int(channel)
             if index >= len(self.channels):
-                raise UserError(f"{path}: channel {index} requested but the file has {len(self.channels)} channel(s): {self.channels}")
+                raise UserError(
+                    f"{path}: channel {index} requested but the file has {len(self.channels)} channel(s): {self.channels}"
+                )
         return self.data[index : index + 1]
 
 
@@ -59,9 +61,19 @@ def read_signal_file(path: str | Path) -> SignalFile:
     if not file.is_file():
         raise UserError(f"signal file {str(file)!r} not found")
     suffix = file.suffix.lower()
-    readers = {".npy": _npy, ".npz": _npz, ".csv": _csv, ".mat": _mat, ".wav": _wav, ".tdms": _tdms, ".parquet": _parquet}
+    readers = {
+        ".npy": _npy,
+        ".npz": _npz,
+        ".csv": _csv,
+        ".mat": _mat,
+        ".wav": _wav,
+        ".tdms": _tdms,
+        ".parquet": _parquet,
+    }
     if suffix not in readers:
-        raise UserError(f"{file}: unsupported signal file type {suffix!r}; use one of {list(SIGNAL_SUFFIXES)}")
+        raise UserError(
+            f"{file}: unsupported signal file type {suffix!r}; use one of {list(SIGNAL_SUFFIXES)}"
+        )
     try:
         signal = readers[suffix](file)
     except UserError:
@@ -73,7 +85,9 @@ def read_signal_file(path: str | Path) -> SignalFile:
         raise UserError(f"{file}: the signal is empty")
     if not np.all(np.isfinite(data)):
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise UserError(f"{file}: {bad} values are NaN or Inf; clean or interpolate them first, or set nan_policy: drop")
+        raise UserError(
+            f"{file}: {bad} values are NaN or Inf; clean or interpolate them first, or set nan_policy: drop"
+        )
     return signal
 
 
@@ -111,7 +125,9 @@ def _npz(file: Path) -> SignalFile:
     series = {k: np.ravel(v) for k, v in arrays.items() if np.size(v) > 1}
     lengths = {len(v) for v in series.values()}
     if len(lengths) != 1:
-        raise UserError(f"{file}: arrays {list(series)} have different lengths {sorted(lengths)}; store one array per file or equal-length channels")
+        raise UserError(
+            f"{file}: arrays {list(series)} have different lengths {sorted(lengths)}; store one array per file or equal-length channels"
+        )
     return SignalFile(np.stack(list(series.values())).astype(np.float32), list(series), fs)
 
 
@@ -135,10 +151,21 @@ def _table(columns: list[str], values: np.ndarray, file: Path) -> SignalFile:
 def _csv(file: Path) -> SignalFile:
     with file.open("r", encoding="utf-8-sig", errors="replace") as handle:
         first = handle.readline()
-    delimiter = ";" if first.count(";") > first.count(",") else ("\t" if first.count("\t") > first.count(",") else ",")
+    delimiter = (
+        ";"
+        if first.count(";") > first.count(",")
+        else ("\t" if first.count("\t") > first.count(",") else ",")
+    )
     cells = [c.strip() for c in first.split(delimiter)]
     header = not all(_is_number(c) for c in cells if c)
-    values = np.loadtxt(file, delimiter=delimiter, skiprows=1 if header else 0, dtype=np.float64, ndmin=2, encoding="utf-8-sig")
+    values = np.loadtxt(
+        file,
+        delimiter=delimiter,
+        skiprows=1 if header else 0,
+        dtype=np.float64,
+        ndmin=2,
+        encoding="utf-8-sig",
+    )
     columns = cells if header else [f"ch{i}" for i in range(values.shape[1])]
     if len(columns) != values.shape[1]:
         raise UserError(f"{file}: the header has {len(columns)} columns but the rows have {values.shape[1]}")
@@ -161,7 +188,9 @@ def _mat(file: Path) -> SignalFile:
 
     if h5py.is_hdf5(file):  # MATLAB v7.3 files are HDF5, arrays stored transposed
         with h5py.File(file, "r") as handle:
-            variables = {k: np.asarray(handle[k]).T for k in handle.keys() if isinstance(handle[k], h5py.Dataset)}
+            variables = {
+                k: np.asarray(handle[k]).T for k in handle.keys() if isinstance(handle[k], h5py.Dataset)
+            }
     else:
         variables = {k: v for k, v in scipy.io.loadmat(file).items() if not k.startswith("__")}
     rpm = {k: float(np.ravel(v)[0]) for k, v in variables.items() if CWRU_RPM.match(k) and np.size(v) >= 1}
@@ -171,8 +200,19 @@ def _mat(file: Path) -> SignalFile:
         names = [n for n in ("DE", "FE", "BA") if n in cwru]
         data = np.stack([cwru[n][:length] for n in names]).astype(np.float32)
         return SignalFile(data, names, None, {"rpm": next(iter(rpm.values()))} if rpm else {})
-    series = {k: v for k, v in variables.items() if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.number) and v.size > 1}
-    fs = next((float(np.ravel(v)[0]) for k, v in variables.items() if k.lower() in ("fs", "samplerate", "sample_rate") and np.size(v) == 1), None)
+    series = {
+        k: v
+        for k, v in variables.items()
+        if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.number) and v.size > 1
+    }
+    fs = next(
+        (
+            float(np.ravel(v)[0])
+            for k, v in variables.items()
+            if k.lower() in ("fs", "samplerate", "sample_rate") and np.size(v) == 1
+        ),
+        None,
+    )
     if not series:
         raise UserError(f"{file}: no numeric array found; variables are {sorted(variables)}")
     if len(series) == 1:
@@ -181,7 +221,9 @@ def _mat(file: Path) -> SignalFile:
         return SignalFile(data, [name] if data.shape[0] == 1 else _named(data), fs)
     lengths = {np.size(v) for v in series.values()}
     if len(lengths) != 1:
-        raise UserError(f"{file}: variables {sorted(series)} have different lengths; keep one signal per file or equal-length channels")
+        raise UserError(
+            f"{file}: variables {sorted(series)} have different lengths; keep one signal per file or equal-length channels"
+        )
     return SignalFile(np.stack([np.ravel(v) for v in series.values()]).astype(np.float32), list(series), fs)
 
 
@@ -193,7 +235,11 @@ def _wav(file: Path) -> SignalFile:
         data = (data.astype(np.float32) - 128) / 128
     elif np.issubdtype(data.dtype, np.integer):
         data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-    data = np.atleast_2d(np.asarray(data, dtype=np.float32).T) if data.ndim == 2 else np.asarray(data, np.float32)[None, :]
+    data = (
+        np.atleast_2d(np.asarray(data, dtype=np.float32).T)
+        if data.ndim == 2
+        else np.asarray(data, np.float32)[None, :]
+    )
     return SignalFile(np.ascontiguousarray(data), _named(data), float(fs))
 
 
@@ -215,7 +261,9 @@ def _tdms(file: Path) -> SignalFile:
         raise UserError(f"{file}: no numeric channel found")
     length = min(len(s) for s in series)
     if len(rates) > 1:
-        raise UserError(f"{file}: channels have different sample rates {sorted(rates)} Hz; split them into separate files")
+        raise UserError(
+            f"{file}: channels have different sample rates {sorted(rates)} Hz; split them into separate files"
+        )
     return SignalFile(np.stack([s[:length] for s in series]), names, rates.pop() if rates else None)
 
 
@@ -232,13 +280,17 @@ def read_ucr_tsv(path: str | Path) -> tuple[list[str], np.ndarray]:
     if not file.is_file():
         raise UserError(f"UCR file {str(file)!r} not found")
     try:
-        table = np.loadtxt(file, delimiter="\t" if "\t" in file.open().readline() else None, dtype=np.float64, ndmin=2)
+        table = np.loadtxt(
+            file, delimiter="\t" if "\t" in file.open().readline() else None, dtype=np.float64, ndmin=2
+        )
     except ValueError as exc:
         raise UserError(f"{file}: not a UCR table of numbers ({exc})") from None
     if table.shape[1] < 2:
         raise UserError(f"{file}: each row needs a label and at least one value")
     if not np.all(np.isfinite(table)):
-        raise UserError(f"{file}: NaN values (variable-length series are padded with NaN); use an equal-length data set")
+        raise UserError(
+            f"{file}: NaN values (variable-length series are padded with NaN); use an equal-length data set"
+        )
     labels = [f"{v:g}" for v in table[:, 0]]
     return labels, np.ascontiguousarray(table[:, 1:], dtype=np.float32)
 

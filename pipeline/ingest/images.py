@@ -97,19 +97,25 @@ def decode_all(samples: list[ImageSample], convert) -> tuple[list[ImageSample], 
 def read_image_folder(root: Path) -> ImageIngest:
     """`root/<label>/**/<image>`: one sub-folder per class; every image is its own group."""
     if not root.is_dir():
-        raise UserError(f"data.images.path: {str(root)!r} is not a folder; it must hold one sub-folder per class")
+        raise UserError(
+            f"data.images.path: {str(root)!r} is not a folder; it must hold one sub-folder per class"
+        )
     samples: list[ImageSample] = []
     skipped: list[tuple[str, str]] = []
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     for class_dir in classes:
         files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise UserError(f"class {class_dir.name!r} ({class_dir}) holds no image ({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder")
+            raise UserError(
+                f"class {class_dir.name!r} ({class_dir}) holds no image ({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder"
+            )
         for file in files:
             rel = str(file.relative_to(root))
             samples.append(ImageSample(id=rel, label=class_dir.name, path=file, group=rel))
     if len(classes) < 2:
-        raise UserError(f"data.images.path: {str(root)!r} has {len(classes)} class folder(s); it needs one sub-folder per class, at least two")
+        raise UserError(
+            f"data.images.path: {str(root)!r} has {len(classes)} class folder(s); it needs one sub-folder per class, at least two"
+        )
     return ImageIngest(samples, skipped)
 
 
@@ -123,9 +129,19 @@ def read_image_manifest(manifest: Path) -> ImageIngest:
         if not row.path.is_file():
             skipped.append((str(row.path), "file not found"))
             continue
-        samples.append(ImageSample(id=row.name, label=row.label, path=row.path, group=row.cells.get("group") or row.name, split=row.split))
+        samples.append(
+            ImageSample(
+                id=row.name,
+                label=row.label,
+                path=row.path,
+                group=row.cells.get("group") or row.name,
+                split=row.split,
+            )
+        )
     if len({s.label for s in samples}) < 2:
-        raise UserError(f"{manifest}: images of {len({s.label for s in samples})} class(es) found; at least two are needed")
+        raise UserError(
+            f"{manifest}: images of {len({s.label for s in samples})} class(es) found; at least two are needed"
+        )
     return ImageIngest(samples, skipped)
 
 
@@ -136,7 +152,9 @@ def load_elpv(threshold: float) -> ImageIngest:
     except ImportError:
         raise UserError("the ELPV data set is not installed: pip install elpv-dataset==1.0.0.post1") from None
     data_dir = Path(elpv_dataset.__file__).parent / "data"
-    table = np.genfromtxt(data_dir / "labels.csv", dtype=["|S19", "<f8", "|S4"], names=["path", "probability", "type"])
+    table = np.genfromtxt(
+        data_dir / "labels.csv", dtype=["|S19", "<f8", "|S4"], names=["path", "probability", "type"]
+    )
     samples = [
         ImageSample(
             id=rel,
@@ -145,6 +163,8 @@ def load_elpv(threshold: float) -> ImageIngest:
             group=rel,
             condition={"defect_probability": f"{prob:.3f}", "type": kind},
         )
-        for rel, prob, kind in zip(np.char.decode(table["path"]), table["probability"], np.char.decode(table["type"]))
+        for rel, prob, kind in zip(
+            np.char.decode(table["path"]), table["probability"], np.char.decode(table["type"])
+        )
     ]
     return ImageIngest(samples, [])

@@ -36,15 +36,21 @@ def read_manifest(manifest: Path, key: str, optional: str) -> list[ManifestRow]:
     if not manifest.is_file():
         raise UserError(f"{key}: {str(manifest)!r} not found")
     try:
-        with manifest.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
+        with manifest.open(
+            newline="", encoding="utf-8-sig"
+        ) as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(handle)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             missing = [c for c in ("path", "label") if c not in columns]
             if missing:
-                raise UserError(f"{manifest}: missing column(s) {missing}; the header must include path,label (optional {optional}); found {columns}")
+                raise UserError(
+                    f"{manifest}: missing column(s) {missing}; the header must include path,label (optional {optional}); found {columns}"
+                )
             raw = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except UnicodeDecodeError as exc:
-        raise UserError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the manifest as UTF-8 CSV") from None
+        raise UserError(
+            f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the manifest as UTF-8 CSV"
+        ) from None
     rows = []
     for line, cells in enumerate(raw, start=2):
         if not cells.get("path") or not cells.get("label"):
@@ -53,5 +59,14 @@ def read_manifest(manifest: Path, key: str, optional: str) -> list[ManifestRow]:
         if split not in (None, *SPLIT_VALUES):
             raise UserError(f"{manifest}, line {line}: split {split!r} must be train, val or test (or empty)")
         path = Path(cells["path"])
-        rows.append(ManifestRow(line, path if path.is_absolute() else manifest.parent / path, cells["path"], cells["label"], split, cells))
+        rows.append(
+            ManifestRow(
+                line,
+                path if path.is_absolute() else manifest.parent / path,
+                cells["path"],
+                cells["label"],
+                split,
+                cells,
+            )
+        )
     return rows

@@ -32,7 +32,9 @@ class Recording:
         if not self.unit:
             object.__setattr__(self, "unit", self.id)
         if self.signal.ndim != 2:
-            raise ValueError(f"Recording {self.id}: signal must be (channels, samples), got shape {self.signal.shape}")
+            raise ValueError(
+                f"Recording {self.id}: signal must be (channels, samples), got shape {self.signal.shape}"
+            )
 
     @property
     def n_samples(self) -> int:

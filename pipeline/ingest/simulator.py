@@ -85,7 +85,9 @@ class GearboxSimulator:
         t = np.arange(n) / cfg.fs
         shaft_hz = cond["rpm"] / 60.0
         # Small speed fluctuation; the phase is the integral of the instantaneous frequency.
-        inst_hz = shaft_hz * (1 + 0.004 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t + rng.uniform(0, 2 * np.pi)))
+        inst_hz = shaft_hz * (
+            1 + 0.004 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t + rng.uniform(0, 2 * np.pi))
+        )
         shaft_phase = 2 * np.pi * np.cumsum(inst_hz) / cfg.fs + rng.uniform(0, 2 * np.pi)
 
         x = self._mesh(label, cond, shaft_phase, rng)
@@ -107,7 +109,9 @@ class GearboxSimulator:
 
     # ----------------------------------------------------------------------------- components
 
-    def _mesh(self, label: str, cond: dict[str, float], shaft_phase: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _mesh(
+        self, label: str, cond: dict[str, float], shaft_phase: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         teeth = self.geometry.pinion_teeth
         mesh_phase = teeth * shaft_phase
         amps = np.array([1.0, 0.35, 0.15]) * (0.6 + 0.6 * cond["load"])
@@ -137,7 +141,12 @@ class GearboxSimulator:
         return x
 
     def _impacts(
-        self, label: str, cond: dict[str, float], t: np.ndarray, shaft_phase: np.ndarray, rng: np.random.Generator
+        self,
+        label: str,
+        cond: dict[str, float],
+        t: np.ndarray,
+        shaft_phase: np.ndarray,
+        rng: np.random.Generator,
     ) -> np.ndarray:
         fs = self.config.fs
         shaft_hz = cond["rpm"] / 60.0
@@ -145,7 +154,9 @@ class GearboxSimulator:
         if label == "tooth_crack":
             # One impact per pinion revolution, when the cracked tooth meshes.
             start = rng.uniform(0, 2 * np.pi)
-            revolutions = np.arange(np.ceil((shaft_phase[0] - start) / (2 * np.pi)), (shaft_phase[-1] - start) / (2 * np.pi))
+            revolutions = np.arange(
+                np.ceil((shaft_phase[0] - start) / (2 * np.pi)), (shaft_phase[-1] - start) / (2 * np.pi)
+            )
             times = np.interp(start + 2 * np.pi * revolutions, shaft_phase, t)
             amps = np.full(times.shape, 6.0 * severity)
         elif label in ("outer_race", "inner_race"):

@@ -33,7 +33,10 @@ class Split:
 
     def report(self) -> dict[str, dict[str, int]]:
         """Items per class and split."""
-        return {name: dict(sorted(Counter(r.label for r in items).items())) for name, items in self.parts().items()}
+        return {
+            name: dict(sorted(Counter(r.label for r in items).items()))
+            for name, items in self.parts().items()
+        }
 
 
 def split_units(items: Sequence[Any], config: SplitConfig, *, unit: Callable[[Any], str], noun: str) -> Split:
@@ -65,7 +68,11 @@ def split_units(items: Sequence[Any], config: SplitConfig, *, unit: Callable[[An
                 f"(add {noun}s of this class or remove the class)"
             )
         order = rng.permutation(n)
-        for name, chosen in (("val", order[:n_val]), ("test", order[n_val : n_val + n_test]), ("train", order[n_val + n_test :])):
+        for name, chosen in (
+            ("val", order[:n_val]),
+            ("test", order[n_val : n_val + n_test]),
+            ("train", order[n_val + n_test :]),
+        ):
             for i in chosen:
                 parts[name] += members[units[i]]
     split = Split(**{k: tuple(v) for k, v in parts.items()})
@@ -86,7 +93,12 @@ def split_by_recording(recordings: Sequence[Any], config: SplitConfig) -> Split:
     return split_units(recordings, config, unit=lambda r: getattr(r, "unit", r.id), noun="recording")
 
 
-def split_given(items: Sequence[Any], *, unit: Callable[[Any], str], split_of: Callable[[Any], str | None] = lambda i: i.split) -> Split:
+def split_given(
+    items: Sequence[Any],
+    *,
+    unit: Callable[[Any], str],
+    split_of: Callable[[Any], str | None] = lambda i: i.split,
+) -> Split:
     """The split named by each item (a manifest's split column).
 
     Raises:
@@ -95,7 +107,9 @@ def split_given(items: Sequence[Any], *, unit: Callable[[Any], str], split_of: C
     """
     missing = [i.id for i in items if split_of(i) not in SPLIT_NAMES]
     if missing:
-        raise UserError(f"the manifest's split column is empty for {len(missing)} row(s), e.g. {missing[:3]}; fill it for every row or drop the column")
+        raise UserError(
+            f"the manifest's split column is empty for {len(missing)} row(s), e.g. {missing[:3]}; fill it for every row or drop the column"
+        )
     split = Split(**{name: tuple(i for i in items if split_of(i) == name) for name in SPLIT_NAMES})
     for name in ("val", "test"):
         if not split.parts()[name]:
@@ -110,7 +124,9 @@ def _labels_seen_in_train(split: Split, how: str) -> None:
     for name in ("val", "test"):
         extra = sorted({i.label for i in split.parts()[name]} - train_labels)
         if extra:
-            raise UserError(f"labels {extra} are in the {name} split but not in train ({how}); the model cannot learn them: add training recordings of them or change the split")
+            raise UserError(
+                f"labels {extra} are in the {name} split but not in train ({how}); the model cannot learn them: add training recordings of them or change the split"
+            )
 
 
 def _in_test(value: Any, config: SplitConfig) -> bool:
@@ -143,13 +159,21 @@ def split_by_condition(recordings: Sequence[Any], config: SplitConfig) -> Split:
     lacking = [r for r in recordings if key not in r.condition]
     if lacking:
         have = sorted(k for k in lacking[0].condition if k != "file")
-        raise UserError(f"data.split.condition: recording {lacking[0].id!r} has no {key!r}; its conditions are {have} (a manifest can add a {key} column)")
-    held = f"test_values {list(config.test_values)}" if config.test_values is not None else f"test_range {list(config.test_range or ())}"
+        raise UserError(
+            f"data.split.condition: recording {lacking[0].id!r} has no {key!r}; its conditions are {have} (a manifest can add a {key} column)"
+        )
+    held = (
+        f"test_values {list(config.test_values)}"
+        if config.test_values is not None
+        else f"test_range {list(config.test_range or ())}"
+    )
     test = [r for r in recordings if _in_test(r.condition[key], config)]
     rest = [r for r in recordings if not _in_test(r.condition[key], config)]
     values = sorted({str(r.condition[key]) for r in recordings})
     if not test or not rest:
-        raise UserError(f"data.split.{held} holds out {'no' if not test else 'every'} recording; the values of {key!r} are {values[:20]}")
+        raise UserError(
+            f"data.split.{held} holds out {'no' if not test else 'every'} recording; the values of {key!r} are {values[:20]}"
+        )
     units: dict[str, list[Any]] = {}
     for r in rest:
         units.setdefault(r.unit, []).append(r)
@@ -160,7 +184,9 @@ def split_by_condition(recordings: Sequence[Any], config: SplitConfig) -> Split:
         mine = sorted(u for u, rs in units.items() if rs[0].label == label)
         n_val = max(1, int(round(config.val / (config.train + config.val) * len(mine))))
         if len(mine) - n_val < 1:
-            raise UserError(f"class {label!r} has {len(mine)} recording(s) outside the held-out {key}; at least 2 are needed for train and validation")
+            raise UserError(
+                f"class {label!r} has {len(mine)} recording(s) outside the held-out {key}; at least 2 are needed for train and validation"
+            )
         order = rng.permutation(len(mine))
         for i, j in enumerate(order):
             (val if i < n_val else train).extend(units[mine[j]])
@@ -181,14 +207,18 @@ def split_recordings(recordings: Sequence[Any], config: SplitConfig, *, official
         return split_by_condition(recordings, config)
     if config.by == "column" or (config.by == "auto" and named):
         if not named:
-            raise UserError("data.split.by is 'column' but the recordings carry no split column; add a split column (train/val/test) to the manifest or use by: recording")
+            raise UserError(
+                "data.split.by is 'column' but the recordings carry no split column; add a split column (train/val/test) to the manifest or use by: recording"
+            )
         return split_given(recordings, unit=lambda r: r.unit, split_of=lambda r: r.condition.get("split"))
     if config.by == "auto" and official_test:
         return split_official_test(recordings, config, unit=lambda r: r.unit, noun="series")
     return split_by_recording(recordings, config)
 
 
-def split_official_test(items: Sequence[Any], config: SplitConfig, *, unit: Callable[[Any], str], noun: str) -> Split:
+def split_official_test(
+    items: Sequence[Any], config: SplitConfig, *, unit: Callable[[Any], str], noun: str
+) -> Split:
     """Items marked `condition['split'] == 'test'` are the test split; the others are split into
     train and validation, stratified, with validation taking `config.val` of them."""
     test = tuple(i for i in items if i.condition.get("split") == "test")
@@ -204,7 +234,9 @@ def split_official_test(items: Sequence[Any], config: SplitConfig, *, unit: Call
         group = sorted(members[label], key=unit)
         n_val = max(1, int(round(config.val * len(group))))
         if len(group) - n_val < 1:
-            raise UserError(f"class {label!r} has {len(group)} training {noun}(s); at least 2 are needed for train and validation")
+            raise UserError(
+                f"class {label!r} has {len(group)} training {noun}(s); at least 2 are needed for train and validation"
+            )
         order = rng.permutation(len(group))
         val += [group[i] for i in order[:n_val]]
         train += [group[i] for i in order[n_val:]]

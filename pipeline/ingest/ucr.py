@@ -25,7 +25,9 @@ def ucr_files(config: UcrConfig) -> tuple[Path, Path]:
     train, test = folder / f"{config.dataset}_TRAIN.tsv", folder / f"{config.dataset}_TEST.tsv"
     if not train.is_file():
         names = sorted(p.name.removesuffix("_TRAIN.tsv") for p in folder.glob("*_TRAIN.tsv"))
-        raise UserError(f"data.ucr.dataset: {config.dataset!r} is not in the installed archive; available: {names[:20]}...")
+        raise UserError(
+            f"data.ucr.dataset: {config.dataset!r} is not in the installed archive; available: {names[:20]}..."
+        )
     return train, test
 
 

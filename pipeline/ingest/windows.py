@@ -47,7 +47,9 @@ def cut_windows(signal: np.ndarray, length: int, hop: int) -> np.ndarray:
     return np.ascontiguousarray(view[:, starts].transpose(1, 0, 2))
 
 
-def make_windows(recordings: tuple[Recording, ...] | list[Recording], classes: list[str], length: int, hop: int) -> WindowSet:
+def make_windows(
+    recordings: tuple[Recording, ...] | list[Recording], classes: list[str], length: int, hop: int
+) -> WindowSet:
     """Windows of every recording, labelled with the index of the recording's class in `classes`."""
     xs, ys, owners, ids, skipped = [], [], [], [], []
     channels = recordings[0].signal.shape[0] if recordings else 1
@@ -61,5 +63,13 @@ def make_windows(recordings: tuple[Recording, ...] | list[Recording], classes: l
         owners.append(np.full(len(windows), len(ids), dtype=np.int64))
         ids.append(rec.id)
     if not xs:
-        return WindowSet(np.zeros((0, channels, length), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), (), tuple(skipped))
-    return WindowSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(owners), tuple(ids), tuple(skipped))
+        return WindowSet(
+            np.zeros((0, channels, length), np.float32),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            (),
+            tuple(skipped),
+        )
+    return WindowSet(
+        np.concatenate(xs), np.concatenate(ys), np.concatenate(owners), tuple(ids), tuple(skipped)
+    )
