@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 
 import signal2image
-from signal2image.base import zscore
 from pipeline.errors import UserError
 from pipeline.ingest.windows import cut_windows
+from signal2image.base import zscore
 
 log = logging.getLogger(__name__)
 

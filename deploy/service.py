@@ -205,7 +205,7 @@ class Batcher:
                     if remaining <= 0
                     else await asyncio.wait_for(self.queue.get(), remaining)
                 )
-            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+            except (TimeoutError, asyncio.QueueEmpty):
                 break
             if (
                 size + len(job.inputs) > self.max_batch

@@ -36,7 +36,7 @@ def lite0_weights_path() -> Path:
     return lite_weights_path(0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stage_of_block(variant: int) -> tuple[int, ...]:
     """Stage (1-based) of each MBConv block: a new stage where the output width changes."""
     widths = [

@@ -8,12 +8,14 @@ import importlib.metadata
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
+
 from deploy.onnx_export import ParityReport, export_onnx
 from models import build_model
 from pipeline import distributed

@@ -4,7 +4,7 @@ list versions and promote by hand."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +120,7 @@ def list_versions(client: Any) -> list[list[str]]:
         for alias, version in (model.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)
         for mv in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
-            created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).strftime(
-                "%Y-%m-%d %H:%M"
-            )
+            created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
             rows.append(
                 [
                     model.name,

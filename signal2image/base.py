@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 SIGNAL_NORMS = ("none", "window", "recording")
 
 

@@ -5,9 +5,9 @@ from html.parser import HTMLParser
 import mlflow
 import pytest
 
+from pipeline.errors import UserError
 from pipeline.registry import decide_alias, promote
 from pipeline.report import TrialResult, aggregate, html_report, markdown_report
-from pipeline.errors import UserError
 
 
 def _version(client, name, score, data_hash, tmp_path):
