@@ -51,7 +51,8 @@ def main() -> None:
     int8 = make_int8(fp32, folder / "model.int8.onnx", x.numpy())
     model = model.to(memory_format=torch.channels_last)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; EfficientNet-Lite0 at {args.size} px; rounds {args.rounds}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"EfficientNet-Lite0 at {args.size} px; rounds {args.rounds}"
     )
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -66,19 +67,20 @@ def main() -> None:
             times: dict[str, list[float]] = {"torch eager": [], "ort fp32": [], "ort int8": []}
             for _ in range(args.rounds):
                 with torch.inference_mode():
-                    times["torch eager"].append(per_call(lambda: model(xb), calls))
+                    times["torch eager"].append(per_call(lambda xb=xb: model(xb), calls))
                 times["ort fp32"].append(
-                    per_call(lambda: sessions["fp32"].run(None, {INPUT_NAME: xn}), calls)
+                    per_call(lambda xn=xn, s=sessions["fp32"]: s.run(None, {INPUT_NAME: xn}), calls)
                 )
                 times["ort int8"].append(
-                    per_call(lambda: sessions["int8"].run(None, {INPUT_NAME: xn}), calls)
+                    per_call(lambda xn=xn, s=sessions["int8"]: s.run(None, {INPUT_NAME: xn}), calls)
                 )
             med = {k: statistics.median(v) for k, v in times.items()}
             ort_vs_torch = statistics.median(t / o for t, o in zip(times["torch eager"], times["ort fp32"]))
             int8_vs_fp32 = statistics.median(f / i for f, i in zip(times["ort fp32"], times["ort int8"]))
             rate = " ".join(f"{k} {batch / v:7.0f} img/s ({v * 1e3:6.2f} ms)" for k, v in med.items())
             print(
-                f"  threads {threads} batch {batch:2d}: {rate} | ORT/torch {ort_vs_torch:.2f}x, INT8/FP32 {int8_vs_fp32:.2f}x"
+                f"  threads {threads} batch {batch:2d}: {rate} | "
+                f"ORT/torch {ort_vs_torch:.2f}x, INT8/FP32 {int8_vs_fp32:.2f}x"
             )
 
 

@@ -178,7 +178,8 @@ def main() -> None:
     }
     extra = ["--threads", args.threads] if args.threads else []
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.clients} clients x {args.requests} requests x {args.rounds} rounds per mode"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"{args.clients} clients x {args.requests} requests x {args.rounds} rounds per mode"
     )
     for kind, (model, path, body, headers) in kinds.items():
         services = {
@@ -198,7 +199,9 @@ def main() -> None:
             for mode, r in results.items():
                 p50, p95, p99 = (np.percentile(r["lat"], q) * 1e3 for q in (50, 95, 99))
                 print(
-                    f"  {kind:6s} {mode:12s}: {statistics.median(r['rps']):7.1f} req/s  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms  errors {sum(r['err'])}/{len(r['lat'])}"
+                    f"  {kind:6s} {mode:12s}: {statistics.median(r['rps']):7.1f} req/s  "
+                    f"p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms  "
+                    f"errors {sum(r['err'])}/{len(r['lat'])}"
                 )
             ratio = statistics.median(
                 a / b for a, b in zip(results["batching on"]["rps"], results["batching off"]["rps"])

@@ -111,20 +111,24 @@ def main() -> None:
         ratios["stft vs ShortTimeFFT"].append(t_sc / t_st)
 
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads {args.threads}; wavelet {args.wavelet}; rounds {args.rounds}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"torch threads {args.threads}; wavelet {args.wavelet}; rounds {args.rounds}"
     )
     for name, values in times.items():
         if values:
             print(
-                f"  {name:14s} median {statistics.median(values) * 1e3:8.1f} ms = {N_WINDOWS / statistics.median(values):9.0f} windows/s"
+                f"  {name:14s} median {statistics.median(values) * 1e3:8.1f} ms = "
+                f"{N_WINDOWS / statistics.median(values):9.0f} windows/s"
             )
     for name, values in ratios.items():
         if values:
             print(
-                f"  speed-up {name:22s} median {statistics.median(values):6.1f}x (min {min(values):.1f}x, max {max(values):.1f}x)"
+                f"  speed-up {name:22s} median {statistics.median(values):6.1f}x "
+                f"(min {min(values):.1f}x, max {max(values):.1f}x)"
             )
     print(
-        f"  |CWT| max |ours - pywt.cwt (float64)| / max = {err_cwt:.1e};  STFT max |ours - ShortTimeFFT| / max = {err_stft:.1e}"
+        f"  |CWT| max |ours - pywt.cwt (float64)| / max = {err_cwt:.1e};  "
+        f"STFT max |ours - ShortTimeFFT| / max = {err_stft:.1e}"
     )
 
 

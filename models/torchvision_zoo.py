@@ -50,7 +50,8 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
             )
         except Exception as exc:  # no network, proxy, hash mismatch: all end in the same advice
             raise WeightsNotFoundError(
-                f"ImageNet weights for {arch} could not be downloaded ({type(exc).__name__}: {str(exc)[:120]}); {how}"
+                f"ImageNet weights for {arch} could not be downloaded "
+                f"({type(exc).__name__}: {str(exc)[:120]}); {how}"
             ) from None
     return torch.load(file, map_location="cpu", weights_only=True)
 

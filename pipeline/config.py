@@ -72,18 +72,25 @@ class SimulatorConfig(Section):
 
 class FolderConfig(Section):
     """One's own recordings, one file per recording: a folder per class (`path/<label>/<file>`) or a
-    manifest CSV (`manifest`: columns path, label and optional recording, channel(s), fs, rpm, load, split)."""
+    manifest CSV (`manifest`: columns path, label and optional recording, channel(s), fs, rpm, load,
+    split)."""
 
     path: Path | None = None
     manifest: Path | None = None
     fs: float | None = Field(
         None,
         gt=0,
-        description="sample rate in Hz (default: from the files: CSV time column, WAV, TDMS, NPZ/MAT 'fs', the manifest's fs column)",
+        description=(
+            "sample rate in Hz (default: from the files: CSV time column, WAV, TDMS, NPZ/MAT 'fs', "
+            "the manifest's fs column)"
+        ),
     )
     channel: int | str | tuple[int | str, ...] = Field(
         0,
-        description="channel index or name (CSV header, CWRU 'DE'/'FE'/'BA', TDMS 'group/channel'), or a list of up to 3 (R, G, B)",
+        description=(
+            "channel index or name (CSV header, CWRU 'DE'/'FE'/'BA', TDMS 'group/channel'), "
+            "or a list of up to 3 (R, G, B)"
+        ),
     )
     nan_policy: Literal["error", "drop"] = Field(
         "error", description="a file with NaN/Inf stops the job, or is dropped and counted"
@@ -117,7 +124,8 @@ class FolderConfig(Section):
 
 
 class ImagesConfig(Section):
-    """Defect images: a folder per class (`path`) or a manifest CSV (`manifest`: path,label[,group][,split])."""
+    """Defect images: a folder per class (`path`) or a manifest CSV
+    (`manifest`: path,label[,group][,split])."""
 
     path: Path | None = None
     manifest: Path | None = None
@@ -190,7 +198,8 @@ class SplitConfig(Section):
                 raise ValueError("by: condition needs data.split.condition (e.g. load or rpm)")
             if (self.test_values is None) == (self.test_range is None):
                 raise ValueError(
-                    "by: condition needs exactly one of data.split.test_values (a list) or data.split.test_range ([low, high])"
+                    "by: condition needs exactly one of data.split.test_values (a list) "
+                    "or data.split.test_range ([low, high])"
                 )
         if self.test_range is not None:
             _ordered_pair(self.test_range, "test_range")
@@ -211,7 +220,8 @@ class WindowConfig(Section):
         hop = int(round(self.hop_s * fs)) if self.hop_s else self.hop
         if length < 16 or hop < 1:
             raise ValueError(
-                f"data.window gives {length} samples per window and a hop of {hop} at {fs:g} Hz; windows need at least 16 samples and a hop of at least 1"
+                f"data.window gives {length} samples per window and a hop of {hop} at {fs:g} Hz; "
+                "windows need at least 16 samples and a hop of at least 1"
             )
         return length, hop
 
@@ -234,7 +244,10 @@ class DataConfig(Section):
     window: WindowConfig = WindowConfig()
     normalise: Literal["none", "window", "recording"] = Field(
         "none",
-        description="signal amplitude: z-score each window, or each recording before windowing (the service: each request's signal)",
+        description=(
+            "signal amplitude: z-score each window, or each recording before windowing "
+            "(the service: each request's signal)"
+        ),
     )
 
     @model_validator(mode="after")
@@ -295,16 +308,23 @@ class TransformConfig(Section):
         64,
         ge=16,
         le=1024,
-        description="side of the square image fed to the network (null: the backbone's native input size, e.g. 224)",
+        description=(
+            "side of the square image fed to the network (null: the backbone's native input size, e.g. 224)"
+        ),
     )
     floor_db: float = Field(-40.0, lt=0, description="dynamic range kept below the reference level, in dB")
     level: Literal["peak", "train"] = Field(
         "peak",
-        description="dB reference: each image's own peak, or a level fitted on the training split (keeps absolute energy)",
+        description=(
+            "dB reference: each image's own peak, or a level fitted on the training split "
+            "(keeps absolute energy)"
+        ),
     )
     normalise: Literal["backbone", "train"] = Field(
         "backbone",
-        description="per-channel mean/std: the backbone's pretraining statistics, or fitted on the training split",
+        description=(
+            "per-channel mean/std: the backbone's pretraining statistics, or fitted on the training split"
+        ),
     )
     cwt: CwtConfig = CwtConfig()
     stft: StftConfig = StftConfig()
@@ -313,7 +333,8 @@ class TransformConfig(Section):
     def _level_needs_frequencies(self) -> TransformConfig:
         if self.level == "train" and self.kind not in ("cwt", "stft"):
             raise ValueError(
-                f"transform.level: train fits a dB level and needs kind cwt or stft, not {self.kind!r}; use level: peak"
+                f"transform.level: train fits a dB level and needs kind cwt or stft, not {self.kind!r}; "
+                "use level: peak"
             )
         return self
 
@@ -322,12 +343,18 @@ class ModelConfig(Section):
     backbone: str = "efficientnet_lite0"
     weights: str = Field(
         "imagenet",
-        description="start of the non-scratch strategies: imagenet (installed package, or torchvision's hub cache), a local .pth file, or none (random init for every strategy: the baseline for a linear probe)",
+        description=(
+            "start of the non-scratch strategies: imagenet (installed package, or torchvision's hub cache), "
+            "a local .pth file, or none (random init for every strategy: the baseline for a linear probe)"
+        ),
     )
     dropout: float = Field(0.2, ge=0, lt=1)
     in_channels: Literal[1, 3] = Field(
         3,
-        description="3: the grey image replicated to RGB; 1: one channel into a first convolution adapted by summing its RGB filters",
+        description=(
+            "3: the grey image replicated to RGB; "
+            "1: one channel into a first convolution adapted by summing its RGB filters"
+        ),
     )
 
     @field_validator("backbone")
@@ -474,7 +501,8 @@ class TrainConfig(Section):
         for s in self.strategies:
             if s.kind == "gradual_unfreeze" and s.head_epochs >= self.epochs:
                 raise ValueError(
-                    f"strategy {s.name!r}: head_epochs ({s.head_epochs}) must be below train.epochs ({self.epochs}), "
+                    f"strategy {s.name!r}: head_epochs ({s.head_epochs}) must be below "
+                    f"train.epochs ({self.epochs}), "
                     "or the backbone never unfreezes; lower head_epochs or raise epochs"
                 )
         return self
@@ -494,7 +522,8 @@ class TrackingConfig(Section):
     def _not_reserved(cls, value: str) -> str:
         if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
             raise ValueError(
-                f"alias {value!r} is reserved by MLflow ('latest', 'v<number>'); choose another, e.g. 'champion'"
+                f"alias {value!r} is reserved by MLflow ('latest', 'v<number>'); "
+                "choose another, e.g. 'champion'"
             )
         return value
 
@@ -554,7 +583,8 @@ class JobConfig(Section):
         if self.data.is_image:
             if self.data.split.by == "condition":
                 raise ValueError(
-                    "data.split.by: condition is for signal recordings; image jobs split by part or by the manifest's split column"
+                    "data.split.by: condition is for signal recordings; "
+                    "image jobs split by part or by the manifest's split column"
                 )
             return self
         if (
@@ -564,7 +594,8 @@ class JobConfig(Section):
             and len(self.data.folder.channels) > 1
         ):
             raise ValueError(
-                f"model.in_channels is 1 but data.folder.channel lists {len(self.data.folder.channels)} channels; "
+                f"model.in_channels is 1 but data.folder.channel lists "
+                f"{len(self.data.folder.channels)} channels; "
                 "use one channel, or model.in_channels: 3 (channels become R, G, B)"
             )
         if self.train.augment.active:
@@ -637,7 +668,8 @@ def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(
-                f"{source} must hold a mapping of sections (data, transform, train, ...), got {type(loaded).__name__}"
+                f"{source} must hold a mapping of sections (data, transform, train, ...), "
+                f"got {type(loaded).__name__}"
             )
         raw = loaded
     for item in overrides:
@@ -664,7 +696,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             continue
         if parts[i + 1].isdigit() and part not in node:
             raise ConfigError(
-                f"--set {item!r}: {'.'.join(parts[: i + 1])} is not in the config file; write the whole list in "
+                f"--set {item!r}: {'.'.join(parts[: i + 1])} is not in the config file; "
+                "write the whole list in "
                 "the YAML (or set it with --set key=[...]) before overriding one item"
             )
         if not isinstance(node.get(part, {}), (dict, list)):

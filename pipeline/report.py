@@ -132,7 +132,8 @@ def html_report(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in a.cells()) + "</tr>" for a in aggregates
     )
     images = "".join(
-        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
+        f'<figure><img alt="{html.escape(name)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
         for name, png in figures.items()
     )

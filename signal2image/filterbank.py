@@ -49,7 +49,8 @@ class CwtFilterBank:
             h = int_psi[j][::-1]
             if len(h) < 2:
                 raise ValueError(
-                    f"scale {scale} is too small for this wavelet (pywt.cwt refuses it too); raise f_min or lower f_max"
+                    f"scale {scale} is too small for this wavelet (pywt.cwt refuses it too); "
+                    "raise f_min or lower f_max"
                 )
             # diff(x * h) == (x * h')[1:], h' = first difference of h padded with zeros.
             h_diff = np.diff(np.concatenate([[0.0], h, [0.0]])) * -np.sqrt(scale)
@@ -112,7 +113,8 @@ class CwtFilterBank:
             out = torch.empty(shape, dtype=torch.float32)
         elif tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous():
             raise ValueError(
-                f"out must be a contiguous float32 tensor of shape {shape}, got {tuple(out.shape)} {out.dtype}"
+                f"out must be a contiguous float32 tensor of shape {shape}, "
+                f"got {tuple(out.shape)} {out.dtype}"
             )
         for start in range(0, x.shape[0], self.chunk):
             rows = out[start : start + self.chunk]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.config import JobConfig, load_config
 from pipeline.errors import ConfigError
@@ -62,7 +63,7 @@ def test_overrides(tmp_path):
 
 def test_frozen():
     cfg = load_config(None)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.train.epochs = 3  # type: ignore[misc]
 
 

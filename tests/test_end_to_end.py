@@ -202,7 +202,8 @@ def test_predict_bad_input_exits_2_with_a_clear_message(finished_job):
 def _run_and_stop(
     tmp_path: Path, *, epochs: int, experiment: str, when: str, stop: int
 ) -> tuple[Path, int, str]:
-    """Start the tiny job as a real process, send `stop` once checkpoint `when` exists; (config, exit code, stderr)."""
+    """Start the tiny job as a real process, send `stop` once checkpoint `when` exists;
+    (config, exit code, stderr)."""
     job = copy.deepcopy(TINY_JOB)
     job["train"]["epochs"] = epochs
     job["tracking"]["experiment"] = experiment

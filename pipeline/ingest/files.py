@@ -46,7 +46,8 @@ class SignalFile:
             index = int(channel)
             if index >= len(self.channels):
                 raise UserError(
-                    f"{path}: channel {index} requested but the file has {len(self.channels)} channel(s): {self.channels}"
+                    f"{path}: channel {index} requested but the file has "
+                    f"{len(self.channels)} channel(s): {self.channels}"
                 )
         return self.data[index : index + 1]
 
@@ -126,7 +127,8 @@ def _npz(file: Path) -> SignalFile:
     lengths = {len(v) for v in series.values()}
     if len(lengths) != 1:
         raise UserError(
-            f"{file}: arrays {list(series)} have different lengths {sorted(lengths)}; store one array per file or equal-length channels"
+            f"{file}: arrays {list(series)} have different lengths {sorted(lengths)}; "
+            "store one array per file or equal-length channels"
         )
     return SignalFile(np.stack(list(series.values())).astype(np.float32), list(series), fs)
 
@@ -222,7 +224,8 @@ def _mat(file: Path) -> SignalFile:
     lengths = {np.size(v) for v in series.values()}
     if len(lengths) != 1:
         raise UserError(
-            f"{file}: variables {sorted(series)} have different lengths; keep one signal per file or equal-length channels"
+            f"{file}: variables {sorted(series)} have different lengths; "
+            "keep one signal per file or equal-length channels"
         )
     return SignalFile(np.stack([np.ravel(v) for v in series.values()]).astype(np.float32), list(series), fs)
 

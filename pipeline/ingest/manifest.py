@@ -44,7 +44,8 @@ def read_manifest(manifest: Path, key: str, optional: str) -> list[ManifestRow]:
             missing = [c for c in ("path", "label") if c not in columns]
             if missing:
                 raise UserError(
-                    f"{manifest}: missing column(s) {missing}; the header must include path,label (optional {optional}); found {columns}"
+                    f"{manifest}: missing column(s) {missing}; the header must include path,label "
+                    f"(optional {optional}); found {columns}"
                 )
             raw = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except UnicodeDecodeError as exc:

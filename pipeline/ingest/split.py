@@ -108,7 +108,8 @@ def split_given(
     missing = [i.id for i in items if split_of(i) not in SPLIT_NAMES]
     if missing:
         raise UserError(
-            f"the manifest's split column is empty for {len(missing)} row(s), e.g. {missing[:3]}; fill it for every row or drop the column"
+            f"the manifest's split column is empty for {len(missing)} row(s), e.g. {missing[:3]}; "
+            "fill it for every row or drop the column"
         )
     split = Split(**{name: tuple(i for i in items if split_of(i) == name) for name in SPLIT_NAMES})
     for name in ("val", "test"):
@@ -125,7 +126,8 @@ def _labels_seen_in_train(split: Split, how: str) -> None:
         extra = sorted({i.label for i in split.parts()[name]} - train_labels)
         if extra:
             raise UserError(
-                f"labels {extra} are in the {name} split but not in train ({how}); the model cannot learn them: add training recordings of them or change the split"
+                f"labels {extra} are in the {name} split but not in train ({how}); "
+                "the model cannot learn them: add training recordings of them or change the split"
             )
 
 
@@ -160,7 +162,8 @@ def split_by_condition(recordings: Sequence[Any], config: SplitConfig) -> Split:
     if lacking:
         have = sorted(k for k in lacking[0].condition if k != "file")
         raise UserError(
-            f"data.split.condition: recording {lacking[0].id!r} has no {key!r}; its conditions are {have} (a manifest can add a {key} column)"
+            f"data.split.condition: recording {lacking[0].id!r} has no {key!r}; its conditions are {have} "
+            f"(a manifest can add a {key} column)"
         )
     held = (
         f"test_values {list(config.test_values)}"
@@ -172,7 +175,8 @@ def split_by_condition(recordings: Sequence[Any], config: SplitConfig) -> Split:
     values = sorted({str(r.condition[key]) for r in recordings})
     if not test or not rest:
         raise UserError(
-            f"data.split.{held} holds out {'no' if not test else 'every'} recording; the values of {key!r} are {values[:20]}"
+            f"data.split.{held} holds out {'no' if not test else 'every'} recording; "
+            f"the values of {key!r} are {values[:20]}"
         )
     units: dict[str, list[Any]] = {}
     for r in rest:
@@ -185,7 +189,8 @@ def split_by_condition(recordings: Sequence[Any], config: SplitConfig) -> Split:
         n_val = max(1, int(round(config.val / (config.train + config.val) * len(mine))))
         if len(mine) - n_val < 1:
             raise UserError(
-                f"class {label!r} has {len(mine)} recording(s) outside the held-out {key}; at least 2 are needed for train and validation"
+                f"class {label!r} has {len(mine)} recording(s) outside the held-out {key}; "
+                "at least 2 are needed for train and validation"
             )
         order = rng.permutation(len(mine))
         for i, j in enumerate(order):
@@ -208,7 +213,8 @@ def split_recordings(recordings: Sequence[Any], config: SplitConfig, *, official
     if config.by == "column" or (config.by == "auto" and named):
         if not named:
             raise UserError(
-                "data.split.by is 'column' but the recordings carry no split column; add a split column (train/val/test) to the manifest or use by: recording"
+                "data.split.by is 'column' but the recordings carry no split column; "
+                "add a split column (train/val/test) to the manifest or use by: recording"
             )
         return split_given(recordings, unit=lambda r: r.unit, split_of=lambda r: r.condition.get("split"))
     if config.by == "auto" and official_test:
@@ -235,7 +241,8 @@ def split_official_test(
         n_val = max(1, int(round(config.val * len(group))))
         if len(group) - n_val < 1:
             raise UserError(
-                f"class {label!r} has {len(group)} training {noun}(s); at least 2 are needed for train and validation"
+                f"class {label!r} has {len(group)} training {noun}(s); "
+                "at least 2 are needed for train and validation"
             )
         order = rng.permutation(len(group))
         val += [group[i] for i in order[:n_val]]

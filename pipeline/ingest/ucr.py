@@ -26,7 +26,8 @@ def ucr_files(config: UcrConfig) -> tuple[Path, Path]:
     if not train.is_file():
         names = sorted(p.name.removesuffix("_TRAIN.tsv") for p in folder.glob("*_TRAIN.tsv"))
         raise UserError(
-            f"data.ucr.dataset: {config.dataset!r} is not in the installed archive; available: {names[:20]}..."
+            f"data.ucr.dataset: {config.dataset!r} is not in the installed archive; "
+            f"available: {names[:20]}..."
         )
     return train, test
 
