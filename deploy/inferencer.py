@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +12,10 @@ import numpy as np
 import onnxruntime as ort
 
 import signal2image
-from pipeline.errors import UserError
-from pipeline.ingest.windows import cut_windows
+from deploy.metadata import ModelMetadata
+from deploy.signal_request import RequestError, prepare_signal, probabilities
 from signal2image.base import zscore
+from signal2image.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class OnnxInferencer:
         path: an .onnx file written by `deploy.onnx_export.export_onnx`.
         providers: ONNX Runtime execution providers (default: CUDA when usable, else CPU).
         threads: intra-op threads (default: ONNX Runtime's choice).
+
+    Raises:
+        UserError: the file is missing, not a loadable ONNX model, or lacks this project's metadata.
     """
 
     def __init__(
@@ -81,28 +84,21 @@ class OnnxInferencer:
             raise UserError(
                 f"{self.path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]})"
             ) from None
-        raw = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = ModelMetadata.from_props(
+            self.session.get_modelmeta().custom_metadata_map, where=str(self.path)
+        )
         try:
-            self.metadata: dict[str, Any] = {k: json.loads(v) for k, v in raw.items()}
-            self.classes: list[str] = list(self.metadata["classes"])
-            self.transform = signal2image.from_dict(self.metadata["transform"])
-            if not self.is_image:
-                self.window_length = int(self.metadata["window"]["length"])
-                self.window_hop = int(self.metadata["window"]["hop"])
-                self.channels: list[int | str] = list(
-                    self.metadata.get("channels", [self.metadata.get("channel", 0)])
-                )
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-            raise UserError(
-                f"{self.path} lacks this project's metadata ({exc}); export it with `pipeline run`"
-            ) from None
+            self.transform = signal2image.from_dict(dict(self.metadata.transform))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{self.path}: its transform cannot be rebuilt ({exc})") from None
+        self.classes: list[str] = list(self.metadata.classes)
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod
     def from_uri(cls, uri: str, *, tracking_uri: str | None = None, **kwargs: Any) -> OnnxInferencer:
         """A local .onnx path, or a registry URI such as ``models:/gearbox-fault@champion``."""
         if uri.startswith("models:/") or uri.startswith("runs:/"):
-            from pipeline.tracking import download_model
+            from deploy.store import download_model
 
             return cls(download_model(uri, tracking_uri=tracking_uri), **kwargs)
         return cls(uri, **kwargs)
@@ -110,11 +106,25 @@ class OnnxInferencer:
     @property
     def is_image(self) -> bool:
         """True for a defect-image model, False for a signal model."""
-        return self.metadata["transform"]["kind"] == "image"
+        return self.metadata.is_image
 
     @property
     def fs(self) -> float:
         return self.transform.fs
+
+    @property
+    def window_length(self) -> int:
+        assert self.metadata.window_length is not None, "an image model has no window"
+        return self.metadata.window_length
+
+    @property
+    def window_hop(self) -> int:
+        assert self.metadata.window_hop is not None, "an image model has no window"
+        return self.metadata.window_hop
+
+    @property
+    def channels(self) -> list[int | str]:
+        return list(self.metadata.channels)
 
     @property
     def providers(self) -> list[str]:
@@ -144,57 +154,41 @@ class OnnxInferencer:
             raise UserError(
                 f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}"
             )
-        if (
-            self.transform.signal_norm == "recording" and not normalised
-        ):  # the windows of one call are one recording
+        if self.transform.signal_norm == "recording" and not normalised:  # one call = one recording
             windows = windows if windows.ndim == 3 else windows[:, None, :]
-            windows = (
-                zscore(windows.transpose(1, 0, 2).reshape(windows.shape[1], -1))
-                .reshape(windows.shape[1], len(windows), -1)
-                .transpose(1, 0, 2)
-            )
+            n, c = len(windows), windows.shape[1]
+            joined = zscore(windows.transpose(1, 0, 2).reshape(c, -1))
+            windows = joined.reshape(c, n, -1).transpose(1, 0, 2)
         try:
             inputs = self.transform(windows)
         except ValueError as exc:
             raise UserError(f"cannot turn the windows into images: {exc}") from None
         return self.predict_inputs(inputs.numpy())
 
-    def predict_signal(self, signal: np.ndarray, fs: float | None = None) -> SignalPrediction:
-        """A whole signal (channels, samples) cut into the model's windows; verdict from the mean probability."""
-        signal = self.select_channels(np.atleast_2d(np.asarray(signal, dtype=np.float32)))
-        if fs is not None and abs(fs - self.fs) > 1e-6 * self.fs:
-            raise UserError(
-                f"the signal is sampled at {fs:g} Hz but the model expects {self.fs:g} Hz; resample it first"
-            )
-        if signal.shape[-1] < self.window_length:
-            raise UserError(
-                f"the signal has {signal.shape[-1]} samples; this model needs at least one window of {self.window_length}"
-            )
-        if self.transform.signal_norm == "recording":  # the whole signal is the recording, as in training
-            signal = zscore(signal)
-        probs = self.predict_windows(
-            cut_windows(signal, self.window_length, self.window_hop), normalised=True
-        )
+    def signal_windows(
+        self, signal: np.ndarray, fs: float | None = None, *, resample: bool = False, names: Any = None
+    ) -> np.ndarray:
+        """A whole signal -> the model's windows (see `deploy.signal_request.prepare_signal`)."""
+        return prepare_signal(self.metadata, signal, fs, resample_rate=resample, names=names)
+
+    def predict_signal(
+        self, signal: np.ndarray, fs: float | None = None, *, names: Any = None
+    ) -> SignalPrediction:
+        """A whole signal (channels, samples) cut into the model's windows; verdict from the mean probability.
+
+        Raises:
+            RequestError: the signal has other channels, another rate, or is shorter than a window.
+        """
+        probs = self.predict_windows(self.signal_windows(signal, fs, names=names), normalised=True)
+        return self.verdict(probs)
+
+    def verdict(self, probs: np.ndarray) -> SignalPrediction:
+        """The windows' probabilities (N, n_classes) -> the signal's verdict."""
         mean = probs.mean(axis=0)
         return SignalPrediction(
             label=self.classes[int(mean.argmax())],
-            probabilities={c: float(p) for c, p in zip(self.classes, mean)},
+            probabilities=probabilities(self.classes, mean),
             window_labels=[self.classes[i] for i in probs.argmax(axis=1)],
-        )
-
-    def select_channels(self, signal: np.ndarray) -> np.ndarray:
-        """(channels, samples) -> the model's sensors, in its order.
-
-        A signal with exactly the model's number of channels is taken as is; a wider one gives the
-        model's channels by index.
-        """
-        want = self.channels
-        if signal.shape[0] == len(want):
-            return signal
-        if all(isinstance(c, int) for c in want) and max(want) < signal.shape[0]:  # type: ignore[type-var]
-            return signal[list(want)]
-        raise UserError(
-            f"the signal has {signal.shape[0]} channel(s); the model was trained on {len(want)} channel(s) {want}: send exactly those"
         )
 
 
@@ -202,3 +196,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+__all__ = ["OnnxInferencer", "RequestError", "SignalPrediction", "choose_providers", "create_session"]

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from pipeline.errors import ExportError
+from deploy.errors import ExportError
+from deploy.metadata import ModelMetadata
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -46,7 +45,7 @@ def export_onnx(
     inputs: torch.Tensor,
     path: Path,
     *,
-    metadata: dict[str, Any],
+    metadata: ModelMetadata,
     opset: int = 17,
     tolerance: float = 1e-4,
 ) -> ParityReport:
@@ -56,8 +55,8 @@ def export_onnx(
         model: the trained network (moved to the CPU and put in eval mode).
         inputs: real network inputs (N, 3, H, W) used for the trace and the parity check.
         path: the .onnx file to write.
-        metadata: JSON-serialisable facts stored in the model (classes, transform, ...); each
-            top-level key becomes one ONNX metadata property holding JSON.
+        metadata: what every consumer needs (classes, transform, window, provenance), stored as
+            ONNX metadata properties (`ModelMetadata.to_onnx_props`).
         opset: ONNX opset (17 or newer).
         tolerance: largest accepted |logit difference| between ONNX Runtime and PyTorch, for
             logits up to 1 in magnitude (scaled by the largest |logit| beyond, see `ParityReport.allowed`).
@@ -86,9 +85,7 @@ def export_onnx(
             opset_version=opset,
         )
     proto = onnx.load(str(path))
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
+    metadata.write_into(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:

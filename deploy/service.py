@@ -38,8 +38,9 @@ from prometheus_client import (
 )
 
 from deploy.inferencer import OnnxInferencer
-from pipeline.errors import UserError
-from pipeline.ingest.windows import cut_windows
+from deploy.signal_request import RequestError, probabilities
+from signal2image.errors import UserError
+from signal2image.imageio import decode_image
 
 log = logging.getLogger("pipeline.serve")
 disable_created_metrics()  # no *_created series: they double the exposition and nobody graphs them
@@ -268,7 +269,11 @@ class ModelHolder:
             providers=self.settings.providers,
             threads=self.settings.threads,
         )
-        if self.settings.threads is None and inferencer.metadata.get("variant", {}).get("kind") == "int8":
+        if (
+            self.settings.threads is None
+            and inferencer.metadata.variant is not None
+            and inferencer.metadata.variant.kind == "int8"
+        ):
             # Measured (benchmarks/RESULTS.md): INT8 ran as fast on 1 thread as on 2 at batch 32 and
             # twice as fast at batch 1; one thread leaves the other core to HTTP and the transform.
             inferencer = OnnxInferencer(inferencer.path, providers=self.settings.providers, threads=1)
@@ -302,26 +307,9 @@ def warm_up(inferencer: OnnxInferencer) -> None:
 
 
 def model_description(inferencer: OnnxInferencer, source: str) -> dict[str, Any]:
-    meta = inferencer.metadata
-    out = {
-        "source": source,
-        "kind": "image" if inferencer.is_image else "signal",
-        "classes": inferencer.classes,
-        "transform": meta["transform"],
-        "input_shape": meta.get("input_shape"),
-        "model": meta.get("model", {}),
-        "metrics": meta.get("metrics", {}),
-        "providers": inferencer.providers,
-    }
-    if not inferencer.is_image:
-        out.update(
-            {
-                "fs": inferencer.fs,
-                "window": {"length": inferencer.window_length, "hop": inferencer.window_hop},
-                "channels": inferencer.channels,
-            }
-        )
-    return out
+    """GET /v1/model: the model's metadata, where it was loaded from, and its execution providers."""
+    meta = inferencer.metadata.to_json()
+    return {"source": source, "kind": inferencer.metadata.kind, **meta, "providers": inferencer.providers}
 
 
 # ----------------------------------------------------------------------------- request parsing
@@ -426,48 +414,21 @@ def parse_signal(body: bytes, content_type: str, query: dict[str, str]) -> tuple
 
 
 def signal_windows(inferencer: OnnxInferencer, signal: np.ndarray, fs: float, resample: bool) -> np.ndarray:
-    """The model's windows of a request's signal: channels checked, rate matched, cut with the model's hop."""
+    """The model's windows of a request's signal (`deploy.signal_request.prepare_signal`); 422 naming
+    the field when the model cannot take it."""
     try:
-        signal = inferencer.select_channels(signal)
-    except UserError as exc:
-        raise ApiError(422, "data", str(exc)) from None
-    if abs(fs - inferencer.fs) > 1e-6 * inferencer.fs:
-        if not resample:
-            raise ApiError(
-                422,
-                "fs",
-                f"the signal is sampled at {fs:g} Hz; this model expects {inferencer.fs:g} Hz (resample it, or serve with --resample)",
-            )
-        if not 1 / 16 <= inferencer.fs / fs <= 16:
-            raise ApiError(
-                422,
-                "fs",
-                f"the signal is sampled at {fs:g} Hz; resampling to {inferencer.fs:g} Hz is limited to a factor of 16 either way",
-            )
-        from pipeline.ingest.folder import resample as polyphase
-
-        signal = polyphase(signal, fs, inferencer.fs)
-    if signal.shape[-1] < inferencer.window_length:
-        raise ApiError(
-            422,
-            "data",
-            f"the signal has {signal.shape[-1]} samples per channel; this model needs at least one window of {inferencer.window_length} samples at {inferencer.fs:g} Hz",
-        )
-    if inferencer.transform.signal_norm == "recording":  # the request's signal is the recording
-        from signal2image.base import zscore
-
-        signal = zscore(signal)
-    return cut_windows(signal, inferencer.window_length, inferencer.window_hop)
+        return inferencer.signal_windows(signal, fs, resample=resample)
+    except RequestError as exc:
+        raise ApiError(422, exc.field, str(exc)) from None
 
 
 def signal_answer(inferencer: OnnxInferencer, probs: np.ndarray) -> dict[str, Any]:
-    mean = probs.mean(axis=0)
-    classes = inferencer.classes
+    verdict = inferencer.verdict(probs)
     return {
-        "label": classes[int(mean.argmax())],
-        "probabilities": {c: float(p) for c, p in zip(classes, mean)},
+        "label": verdict.label,
+        "probabilities": verdict.probabilities,
         "windows": int(len(probs)),
-        "window_labels": [classes[i] for i in probs.argmax(axis=1)],
+        "window_labels": verdict.window_labels,
     }
 
 
@@ -550,8 +511,8 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
     def _describe(inferencer: OnnxInferencer, source: str) -> None:
         state["description"] = model_description(inferencer, source)
         metrics.model_info.clear()
-        model = inferencer.metadata.get("model", {})
-        metrics.model_info.labels(str(model.get("name", "")), str(model.get("version", "")), source).set(1)
+        model = inferencer.metadata.model
+        metrics.model_info.labels(model.name, model.version, source).set(1)
 
     app = FastAPI(title="fault-pipeline inference", version="1", lifespan=lifespan)
 
@@ -632,8 +593,6 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
                 "content-type",
                 f"content type {content_type or '(none)'!r} is not accepted; send image/png, image/jpeg or multipart/form-data",
             )
-        from pipeline.ingest.images import decode_image
-
         images = []
         for name, data in payloads:
             if len(data) > settings.max_body_bytes:
@@ -654,7 +613,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
             {
                 "file": name,
                 "label": classes[int(p.argmax())],
-                "probabilities": {c: float(v) for c, v in zip(classes, p)},
+                "probabilities": probabilities(classes, p),
             }
             for (name, _), p in zip(payloads, probs)
         ]

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from deploy.errors import ExportError
+from deploy.metadata import MetadataError, ModelMetadata
 from deploy.onnx_export import INPUT_NAME, OUTPUT_NAME
-from pipeline.errors import ExportError
 
 VARIANTS = ("int8", "fp16")
 
@@ -34,6 +35,8 @@ class VariantReport:
     speedup_batch1: float  # FP32 time / variant time, median of interleaved rounds
     speedup_batch32: float
     tolerance_points: float
+    correct: int = 0  # test inputs the variant classifies correctly (the registry compares counts)
+    total: int = 0
 
     @property
     def drop_points(self) -> float:
@@ -54,15 +57,10 @@ class VariantReport:
         )
 
 
-def _with_metadata(src: onnx.ModelProto, dst: Path, extra: dict[str, Any]) -> None:
+def _with_metadata(src: onnx.ModelProto, dst: Path, kind: str, calibration_inputs: int | None = None) -> None:
     """Copy the FP32 model's metadata (classes, transform, ...) into the variant and mark it."""
     model = onnx.load(str(dst))
-    keep = {p.key: p.value for p in src.metadata_props}
-    keep.update({k: json.dumps(v) for k, v in extra.items()})
-    del model.metadata_props[:]
-    for key, value in keep.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    ModelMetadata.from_onnx(src).with_variant(kind, calibration_inputs).write_into(model)
     onnx.save(model, str(dst))
 
 
@@ -103,9 +101,7 @@ def make_int8(src: Path, dst: Path, calibration: np.ndarray, *, batch: int = 16)
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
-    _with_metadata(
-        onnx.load(str(src)), dst, {"variant": {"kind": "int8", "calibration_inputs": int(len(calibration))}}
-    )
+    _with_metadata(onnx.load(str(src)), dst, "int8", int(len(calibration)))
     return dst
 
 
@@ -116,7 +112,7 @@ def make_fp16(src: Path, dst: Path) -> Path:
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     _sort_nodes(model.graph)  # the converter appends the input casts at the end; the checker wants order
     onnx.save(model, str(dst))
-    _with_metadata(onnx.load(str(src)), dst, {"variant": {"kind": "fp16"}})
+    _with_metadata(onnx.load(str(src)), dst, "fp16")
     return dst
 
 
@@ -192,6 +188,8 @@ def evaluate_variant(
         speedup_batch1=_speedup(ref, cand, x, 1, rounds),
         speedup_batch32=_speedup(ref, cand, x, min(32, len(x)), rounds),
         tolerance_points=tolerance_points,
+        correct=int(np.sum(p_cand == labels)),
+        total=int(len(labels)),
     )
 
 
@@ -268,15 +266,16 @@ def write_triton_repository(
     """`repository/<name>/config.pbtxt`, `labels.txt`, `<version>/model.onnx` and the model's
     metadata as `metadata.json` (the transform the client must apply before sending images)."""
     model = onnx.load(str(onnx_path))
-    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    try:
+        meta = ModelMetadata.from_onnx(model)
+    except MetadataError as exc:
+        raise ExportError(f"{onnx_path}: {exc}") from None
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:]
     if not dims or any(d <= 0 for d in dims):
         raise ExportError(
             f"{onnx_path}: the input needs fixed channel, height and width after the batch axis, got {dims}"
         )
-    classes = meta.get("classes")
-    if not classes:
-        raise ExportError(f"{onnx_path} has no class names in its metadata; export it with `pipeline run`")
+    classes = list(meta.classes)
     folder = repository / name
     (folder / str(version)).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, folder / str(version) / "model.onnx")
@@ -284,5 +283,5 @@ def write_triton_repository(
         triton_config(name, dims, len(classes), max_batch=max_batch, gpu=gpu)
     )
     (folder / "labels.txt").write_text("\n".join(classes) + "\n")
-    (folder / "metadata.json").write_text(json.dumps(meta, indent=2))
+    (folder / "metadata.json").write_text(json.dumps(meta.to_json(), indent=2))
     return folder

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.errors import UserError
+from signal2image.errors import UserError
 
 
 @dataclass(frozen=True)

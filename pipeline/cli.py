@@ -226,7 +226,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     from pipeline import distributed
-    from pipeline.job import run_job, run_worker, summary
+    from pipeline.job import run_job
+    from pipeline.report import summary
+    from pipeline.trials import run_worker
 
     world = distributed.init_from_env()  # under torchrun: one process per rank
     try:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from signal2image.prepare import nyquist_problem
 
 FAULT_CLASSES = ("healthy", "tooth_crack", "wear", "outer_race", "inner_race")
 STRATEGY_KINDS = ("scratch", "linear_probe", "finetune", "discriminative", "gradual_unfreeze")
@@ -603,12 +604,13 @@ class JobConfig(Section):
                 "train.augment flips and turns images; on CWT/STFT inputs it would scramble the time and "
                 "frequency axes: remove train.augment for signal jobs"
             )
-        nyquist = self.data.fs / 2 if self.data.fs else float("inf")  # unknown until the files are read
-        if self.transform.kind == "cwt" and self.transform.cwt.f_max > nyquist:
-            raise ValueError(
-                f"transform.cwt.f_max = {self.transform.cwt.f_max} Hz is above the Nyquist frequency "
-                f"{nyquist:g} Hz of the data; set it to at most {nyquist:g}"
-            )
+        problem = (  # fs unknown until the files are read: checked again then
+            nyquist_problem(self.transform.cwt.f_max, self.data.fs, "transform.cwt.f_max")
+            if self.transform.kind == "cwt" and self.data.fs
+            else None
+        )
+        if problem:
+            raise ValueError(problem)
         length = self.data.window.samples(self.data.fs)[0] if self.data.fs else None
         if self.transform.kind == "stft" and length is not None and self.transform.stft.nperseg > length:
             raise ValueError(

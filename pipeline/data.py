@@ -30,6 +30,7 @@ from pipeline.ingest.split import SPLIT_NAMES, Split, split_given, split_recordi
 from pipeline.ingest.windows import WindowSet, make_windows
 from pipeline.plots import examples_figure
 from signal2image.base import zscore
+from signal2image.prepare import nyquist_problem
 
 
 @dataclass
@@ -295,10 +296,9 @@ def build_transform(cfg: JobConfig, fs: float | None = None) -> Any:
             }
         )
     fs = fs or cfg.data.fs
-    if t.kind == "cwt" and fs and t.cwt.f_max > fs / 2:
-        raise UserError(
-            f"transform.cwt.f_max = {t.cwt.f_max:g} Hz is above the Nyquist frequency {fs / 2:g} Hz of the data; lower it"
-        )
+    problem = nyquist_problem(t.cwt.f_max, fs, "transform.cwt.f_max") if t.kind == "cwt" and fs else None
+    if problem:
+        raise UserError(problem)
     common = dict(
         fs=fs,
         image_size=t.image_size,

@@ -1,13 +1,14 @@
-"""Errors a user can fix. The CLI prints their message and exits with code 2, never a traceback."""
+"""Errors a user can fix. The CLI prints their message and exits with code 2, never a traceback.
 
+`UserError` lives in `signal2image.errors` and `ExportError` in `deploy.errors` (the lower packages
+raise them without importing `pipeline`); they are re-exported here for the training side.
+"""
 
-class UserError(Exception):
-    """Bad configuration, arguments or input files: the message names the field, the value and the fix."""
+from deploy.errors import ExportError
+from signal2image.errors import UserError
+
+__all__ = ["ConfigError", "ExportError", "UserError"]
 
 
 class ConfigError(UserError):
     """The YAML or a --set override does not fit the schema."""
-
-
-class ExportError(RuntimeError):
-    """The exported ONNX model does not reproduce the PyTorch model (not a user error)."""

@@ -9,8 +9,13 @@ import html
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.config import JobConfig
+    from pipeline.job import JobResult
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class TrialResult:
     best_epoch: int
     train_seconds: float
     run_id: str
+    test_correct: int = 0  # exact counts: the registry compares these, not rounded accuracies
+    test_total: int = 0
     history: tuple[Mapping[str, float], ...] = field(default=(), repr=False, compare=False)
 
 
@@ -147,3 +154,96 @@ def html_report(
         f"</style></head><body><h1>{html.escape(title)}</h1>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes_html}{images}</body></html>"
     )
+
+
+# ----------------------------------------------------------------------------- the report stage
+
+
+def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, bytes]) -> None:
+    """The comparison on the parent run: CSV of every trial, Markdown and HTML reports with figures.
+
+    `logged` holds figures already logged (by name) that the reports show too.
+    """
+    import mlflow
+
+    from pipeline.plots import bar_figure, learning_curves_figure, sweep_figure, to_png
+    from pipeline.tracking import log_png
+
+    aggs = aggregate(trials)
+    top = max(cfg.train.train_fraction)
+    at_top = [a for a in aggs if a.train_fraction == top]
+    figures = {
+        "accuracy_by_strategy.png": to_png(
+            bar_figure(
+                [a.strategy for a in at_top],
+                [a.stat("test_accuracy")[0] for a in at_top],
+                [a.stat("test_accuracy")[1] for a in at_top],
+                ylabel="test accuracy",
+                title=f"test accuracy ({len(cfg.train.seeds)} seed(s), train fraction {top:g})",
+            )
+        ),
+        "learning_curves.png": to_png(
+            learning_curves_figure(
+                {a.strategy: mean_history(a.trials) for a in at_top}, "validation per epoch (mean over seeds)"
+            )
+        ),
+    }
+    if len(cfg.train.train_fraction) > 1:
+        curves = {}
+        for strategy in dict.fromkeys(a.strategy for a in aggs):
+            mine = sorted((a for a in aggs if a.strategy == strategy), key=lambda a: a.train_fraction)
+            curves[strategy] = (
+                [a.train_fraction for a in mine],
+                [a.stat("test_accuracy")[0] for a in mine],
+                [a.stat("test_accuracy")[1] for a in mine],
+            )
+        figures["data_size_sweep.png"] = to_png(sweep_figure(curves, title="test accuracy vs training data"))
+    for name, png in figures.items():
+        log_png(png, name)
+    figures.update(logged)
+    title = f"{cfg.name}: {cfg.model.backbone}, {cfg.transform.kind} {cfg.transform.image_size} px"
+    notes = [
+        f"Mean ± standard deviation over seeds {list(cfg.train.seeds)}; test = held-out recordings; "
+        f"model chosen by {cfg.train.select_metric}."
+    ]
+    mlflow.log_text(markdown_report(title, aggs, list(figures), notes), "report.md")
+    mlflow.log_text(html_report(title, aggs, figures, notes), "report.html")
+    mlflow.log_text(trials_csv(trials), "comparison.csv")
+
+
+def mean_history(trials: tuple[TrialResult, ...]) -> list[dict[str, float]]:
+    keys = ("train_loss", "val_loss", "val_accuracy")
+    return [
+        {k: float(np.mean([t.history[e][k] for t in trials])) for k in keys}
+        for e in range(len(trials[0].history))
+    ]
+
+
+def summary(result: JobResult) -> str:
+    """What the user reads at the end of `pipeline run`."""
+    from pipeline.tracking import is_local_store
+
+    reg = result.registration
+    lines = ["", text_table(HEADERS, [a.cells() for a in result.aggregates]), ""]
+    best = result.best
+    lines.append(f"best model:    {best.strategy} (train fraction {best.train_fraction:g}, seed {best.seed})")
+    lines.append(f"ONNX model:    {result.onnx_path}")
+    lines.append(f"               {result.parity}")
+    lines.append(
+        f"registered:    models:/{reg.name}/{reg.version}, alias '{reg.alias}' -> version {reg.version} "
+        f"({reg.uri})"
+    )
+    lines.append(f"               {reg.reason}")
+    for note in result.export_notes:
+        lines.append(f"export:        {note}")
+    if is_local_store(result.tracking_uri):
+        lines.append(
+            f"MLflow UI:     pipeline ui    (= mlflow ui --backend-store-uri {result.tracking_uri} "
+            "--host 127.0.0.1 --port 5000)"
+        )
+    else:
+        lines.append(f"MLflow UI:     {result.tracking_uri}")
+    lines.append(
+        f"predict:       pipeline predict --model {reg.uri} {'IMAGE.png' if result.is_image else 'FILE.npy'}"
+    )
+    return "\n".join(lines)

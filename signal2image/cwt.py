@@ -11,6 +11,7 @@ import torch
 
 from signal2image.base import SignalToImage
 from signal2image.filterbank import CwtFilterBank
+from signal2image.prepare import nyquist_problem
 
 
 def continuous_wavelet(name: str) -> pywt.ContinuousWavelet:
@@ -47,10 +48,9 @@ class CwtTransform(SignalToImage):
     ) -> None:
         super().__init__(**kwargs)
         self._wavelet = continuous_wavelet(wavelet)
-        if not 0 < f_min < f_max <= self.fs / 2:
-            raise ValueError(
-                f"need 0 < f_min < f_max <= fs/2 = {self.fs / 2:g} Hz, got f_min={f_min}, f_max={f_max}"
-            )
+        problem = nyquist_problem(f_max, self.fs, "f_max")
+        if problem or not 0 < f_min < f_max:
+            raise ValueError(problem or f"need 0 < f_min < f_max, got f_min={f_min}, f_max={f_max}")
         self.wavelet = wavelet
         self.f_min = float(f_min)
         self.f_max = float(f_max)

@@ -4,25 +4,16 @@ rpm, load, split and any other condition column)."""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
-
-import numpy as np
-from scipy.signal import resample_poly
 
 from pipeline.config import FolderConfig
 from pipeline.errors import UserError
 from pipeline.ingest.files import SIGNAL_SUFFIXES, read_signal_file
 from pipeline.ingest.manifest import read_manifest
 from pipeline.ingest.recording import Recording
+from signal2image.prepare import resample
 
 MANIFEST_COLUMNS = "recording, channel(s), fs, rpm, load, split"
-
-
-def resample(signal: np.ndarray, fs_from: float, fs_to: float) -> np.ndarray:
-    """Polyphase resampling of (channels, samples) from `fs_from` to `fs_to` Hz."""
-    ratio = Fraction(fs_to / fs_from).limit_denominator(1000)
-    return resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
 
 
 def _folder_entries(root: Path) -> list[tuple[Path, str, dict[str, str]]]:

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.ingest.recording import Recording
+from signal2image.prepare import cut_windows, window_starts
+
+__all__ = ["WindowSet", "cut_windows", "make_windows", "window_starts"]
 
 
 @dataclass(frozen=True)
@@ -29,22 +32,6 @@ class WindowSet:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
-
-
-def window_starts(n_samples: int, length: int, hop: int) -> np.ndarray:
-    """Start indices of all complete windows."""
-    if n_samples < length:
-        return np.zeros(0, dtype=np.int64)
-    return np.arange(0, n_samples - length + 1, hop, dtype=np.int64)
-
-
-def cut_windows(signal: np.ndarray, length: int, hop: int) -> np.ndarray:
-    """(channels, samples) -> (n_windows, channels, length), a copy."""
-    starts = window_starts(signal.shape[-1], length, hop)
-    if len(starts) == 0:
-        return np.zeros((0, signal.shape[0], length), dtype=signal.dtype)
-    view = np.lib.stride_tricks.sliding_window_view(signal, length, axis=-1)  # (C, n, L)
-    return np.ascontiguousarray(view[:, starts].transpose(1, 0, 2))
 
 
 def make_windows(

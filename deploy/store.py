@@ -1,0 +1,61 @@
+"""Where the MLflow store is, and the .onnx file behind a registry URI: what serving needs of MLflow.
+
+`pipeline.tracking` (training) adds runs and experiments on top of this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from signal2image.errors import UserError
+
+DEFAULT_DB = "mlflow.db"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """The config's `tracking.uri`, else $MLFLOW_TRACKING_URI, else the embedded SQLite file ./mlflow.db."""
+    if configured:
+        return configured
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def quiet_mlflow() -> None:
+    """MLflow logs migrations and registry notes at INFO; keep the terminal for our own output."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def use_store(uri: str) -> None:
+    import mlflow
+
+    quiet_mlflow()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
+    """The .onnx file behind a ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) URI, downloaded locally."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    use_store(resolve_tracking_uri(tracking_uri))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as exc:
+        raise UserError(
+            f"cannot resolve model {uri!r} in the store {mlflow.get_tracking_uri()}: {exc.message}"
+        ) from None
+    files = [local] if local.suffix == ".onnx" else sorted(local.rglob("*.onnx"))
+    if not files:
+        raise UserError(f"model {uri!r} holds no .onnx file (found in {local})")
+    return files[0]

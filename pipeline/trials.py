@@ -1,0 +1,299 @@
+"""The training stage: every strategy x train fraction x seed, each in its own MLflow child run.
+
+A trial trains one network (`pipeline.train.fit`), scores it on the test split
+(`pipeline.evaluate`) and logs both. The best trial by the validation metric
+(`train.select_metric`) is kept in memory for the export stage. Under torchrun the ranks other
+than 0 run `run_worker`: the same trials in the same order, training only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import build_model
+from pipeline import distributed
+from pipeline.augment import make_augment
+from pipeline.config import JobConfig, StrategyConfig
+from pipeline.data import PreparedData, prepare_data, train_subset
+from pipeline.errors import UserError
+from pipeline.evaluate import evaluate_on_test, log_test_evaluation
+from pipeline.plots import learning_curves_figure, to_png
+from pipeline.report import TrialResult
+from pipeline.tracking import log_png, tracked_run
+from pipeline.train import best_checkpoint_path, fit, seed_everything, select_device
+
+Plan = list[tuple[StrategyConfig, float, int]]
+
+
+@dataclass
+class TrialsOutcome:
+    """Every trial's result, and the best one (by validation) with its network."""
+
+    trials: list[TrialResult]
+    best: TrialResult
+    best_model: torch.nn.Module
+
+
+def training_plan(cfg: JobConfig) -> Plan:
+    """(strategy, train fraction, seed) of every trial, in the order they run."""
+    return [
+        (s, f, seed)
+        for s in cfg.train.strategies
+        for f in cfg.train.train_fraction
+        for seed in cfg.train.seeds
+    ]
+
+
+def trial_name(cfg: JobConfig, strategy: str, fraction: float, seed: int) -> str:
+    """`finetune`, or `finetune-frac0.2-seed1` when the job sweeps fractions or seeds."""
+    name = strategy
+    if len(cfg.train.train_fraction) > 1:
+        name += f"-frac{fraction:g}"
+    if len(cfg.train.seeds) > 1:
+        name += f"-seed{seed}"
+    return name
+
+
+def run_trials(
+    cfg: JobConfig,
+    data: PreparedData,
+    *,
+    device: torch.device,
+    experiment_id: str,
+    checkpoint_dir: Path,
+    echo: Callable[[str], None],
+    previous: dict[str, Any],
+) -> TrialsOutcome:
+    """Run the plan; `previous` holds the runs of an interrupted job being resumed, by run name."""
+    trials: list[TrialResult] = []
+    best, best_model = None, None
+    for strategy, fraction, seed in training_plan(cfg):
+        trial, model = run_trial(
+            cfg,
+            strategy,
+            fraction,
+            seed,
+            data,
+            device=device,
+            experiment_id=experiment_id,
+            checkpoint_dir=checkpoint_dir,
+            echo=echo,
+            previous=previous.get(trial_name(cfg, strategy.name, fraction, seed)),
+        )
+        trials.append(trial)
+        metric = cfg.train.select_metric
+        if best is None or getattr(trial, metric) > getattr(best, metric):
+            best, best_model = trial, model  # only the best network stays in memory
+    assert best is not None and best_model is not None
+    return TrialsOutcome(trials, best, best_model)
+
+
+def run_trial(
+    cfg: JobConfig,
+    strategy: StrategyConfig,
+    fraction: float,
+    seed: int,
+    data: PreparedData,
+    *,
+    device: torch.device,
+    experiment_id: str,
+    checkpoint_dir: Path,
+    echo: Callable[[str], None],
+    previous: Any = None,
+) -> tuple[TrialResult, torch.nn.Module]:
+    """Train one strategy on one fraction with one seed in its own child run; evaluate on the test split.
+
+    `previous`: this trial's run in the interrupted job being resumed: kept as it is when it
+    finished, continued from its last checkpoint otherwise.
+    """
+    import mlflow
+
+    n_classes = len(data.classes)
+    pretrained = starts_pretrained(cfg, strategy)
+    weights = weights_label(cfg, pretrained)
+    name = trial_name(cfg, strategy.name, fraction, seed)
+    subset = train_subset(data.windows["train"], fraction, seed)
+    checkpoint = checkpoint_dir / f"{name}.pt"
+    if previous is not None and previous.info.status == "FINISHED":
+        return finished_trial(cfg, previous, checkpoint, n_classes, echo)
+    tags = {
+        "strategy": strategy.name,
+        "weights": weights,
+        "seed": str(seed),
+        "train_fraction": f"{fraction:g}",
+    }
+    start = (
+        {"run_id": previous.info.run_id}
+        if previous is not None
+        else {"experiment_id": experiment_id, "run_name": name, "tags": tags}
+    )
+    with tracked_run(nested=True, **start) as run:
+        mlflow.log_params(
+            {
+                "strategy": strategy.name,
+                "kind": strategy.kind,
+                "lr": strategy.lr,
+                "weights": weights,
+                "backbone": cfg.model.backbone,
+                "seed": seed,
+                "train_fraction": fraction,
+            }
+        )
+        mlflow.log_metric("train_windows_used", len(subset))
+        model = new_model(cfg, strategy, n_classes, seed)
+
+        def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            mlflow.log_metrics(row, step=epoch)
+            echo(
+                f"  {name:>12s} epoch {epoch + 1}/{cfg.train.epochs}: train loss {row['train_loss']:.3f}, "
+                f"val acc {row['val_accuracy']:.3f} ({row['epoch_seconds']:.1f} s)"
+            )
+
+        result = fit(
+            model,
+            *trial_data(data, subset),
+            n_classes=n_classes,
+            strategy=strategy,
+            cfg=cfg.train,
+            seed=seed,
+            device=device,
+            checkpoint=checkpoint,
+            backbone=cfg.model.backbone,
+            resume=previous is not None,
+            on_epoch=on_epoch,
+            augment=make_augment(cfg.train.augment, data.transform.std[0]),
+        )
+        test = evaluate_on_test(model, data, device=device)
+        best_row = result.history[result.best_epoch]
+        mlflow.log_metrics(
+            {
+                **test.metrics,
+                "best_val_accuracy": best_row["val_accuracy"],
+                "best_epoch": result.best_epoch,
+                "train_seconds": result.train_seconds,
+            }
+        )
+        log_test_evaluation(test, data.classes, name)
+        curves = learning_curves_figure(
+            {name: result.history}, f"{name} ({weights} weights, lr {strategy.lr:g})"
+        )
+        log_png(to_png(curves), "learning_curves.png")
+        trial = TrialResult(
+            strategy=strategy.name,
+            weights=weights,
+            seed=seed,
+            train_fraction=fraction,
+            val_accuracy=best_row["val_accuracy"],
+            val_macro_f1=best_row["val_macro_f1"],
+            test_accuracy=test.metrics["test_accuracy"],
+            test_macro_f1=test.metrics["test_macro_f1"],
+            test_recording_accuracy=test.metrics["test_recording_accuracy"],
+            best_epoch=result.best_epoch,
+            train_seconds=result.train_seconds,
+            run_id=run.info.run_id,
+            test_correct=test.correct,
+            test_total=test.total,
+            history=tuple(result.history),
+        )
+        mlflow.log_dict({**dataclasses.asdict(trial), "history": list(trial.history)}, "trial.json")
+    return trial, model.cpu()
+
+
+def starts_pretrained(cfg: JobConfig, strategy: StrategyConfig) -> bool:
+    """Every strategy but scratch starts from the weights, unless `model.weights: none`."""
+    return strategy.pretrained and cfg.model.weights != "none"
+
+
+def weights_label(cfg: JobConfig, pretrained: bool) -> str:
+    """``imagenet``, the user's weights file name, or ``random``."""
+    if not pretrained:
+        return "random"
+    return "imagenet" if cfg.model.weights_path is None else cfg.model.weights_path.name
+
+
+def new_model(cfg: JobConfig, strategy: StrategyConfig, n_classes: int, seed: int) -> torch.nn.Module:
+    """The trial's network, seeded: the same on every rank under torchrun."""
+    pretrained = starts_pretrained(cfg, strategy)
+    seed_everything(seed)
+    return build_model(
+        cfg.model.backbone,
+        num_classes=n_classes,
+        pretrained=pretrained,
+        dropout=cfg.model.dropout,
+        in_channels=cfg.model.in_channels,
+        weights_path=cfg.model.weights_path if pretrained else None,
+    )
+
+
+def trial_data(
+    data: PreparedData, subset: np.ndarray
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(train, val) network inputs and labels; train restricted to `subset`."""
+    index = torch.from_numpy(subset)
+    train = (data.images["train"][index], torch.from_numpy(data.windows["train"].y)[index])
+    return train, (data.images["val"], torch.from_numpy(data.windows["val"].y))
+
+
+def finished_trial(
+    cfg: JobConfig, run: Any, checkpoint: Path, n_classes: int, echo: Callable[[str], None]
+) -> tuple[TrialResult, torch.nn.Module]:
+    """A trial that finished before the interruption: its result from the run, its best weights from disk."""
+    import mlflow
+
+    saved = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/trial.json")
+    trial = TrialResult(**{**saved, "history": tuple(saved["history"])})
+    best = best_checkpoint_path(checkpoint)
+    if not best.is_file():
+        raise UserError(
+            f"--resume: trial {run.info.run_name!r} finished but its checkpoint {best} is gone; "
+            "run the job again without --resume"
+        )
+    model = build_model(
+        cfg.model.backbone,
+        num_classes=n_classes,
+        pretrained=False,
+        dropout=cfg.model.dropout,
+        in_channels=cfg.model.in_channels,
+    )
+    model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+    echo(
+        f"  {run.info.run_name:>12s}: finished before the interruption "
+        f"(test acc {trial.test_accuracy:.3f}), kept"
+    )
+    return trial, model
+
+
+def run_worker(cfg: JobConfig) -> None:
+    """A rank other than 0 under torchrun: the same trials in the same order, training only."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = select_device(cfg.train.device)
+    distributed.barrier()  # rank 0 has prepared the data and written the cache
+    data = prepare_data(cfg, echo=lambda line: None)
+    scratch = Path(tempfile.mkdtemp(prefix="pipeline-rank-"))
+    try:
+        for strategy, fraction, seed in training_plan(cfg):
+            model = new_model(cfg, strategy, len(data.classes), seed)
+            fit(
+                model,
+                *trial_data(data, train_subset(data.windows["train"], fraction, seed)),
+                n_classes=len(data.classes),
+                strategy=strategy,
+                cfg=cfg.train,
+                seed=seed,
+                device=device,
+                checkpoint=scratch / "unused.pt",
+                backbone=cfg.model.backbone,
+                augment=make_augment(cfg.train.augment, data.transform.std[0]),
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
