@@ -237,7 +237,8 @@ def run_job(
             inputs[:2].numpy(),
             name=cfg.tracking.registered_model,
             alias=cfg.tracking.alias,
-            score=best.test_accuracy,
+            correct=round(best.test_accuracy * len(data.windows["test"])),
+            total=len(data.windows["test"]),
             tags={
                 "strategy": best.strategy,
                 "seed": str(best.seed),
@@ -306,7 +307,8 @@ def export_extras(
                 data.images["test"][:2].numpy(),
                 name=f"{cfg.tracking.registered_model}-{report.kind}",
                 alias=cfg.tracking.alias,
-                score=report.accuracy,
+                correct=round(report.accuracy * len(data.windows["test"])),
+                total=len(data.windows["test"]),
                 tags={
                     **tags,
                     "test_accuracy_fp32": f"{report.reference_accuracy:.6f}",
