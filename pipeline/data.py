@@ -99,9 +99,13 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
     start = time.perf_counter()
     folder, hit = None, None
     if cfg.data.cache:  # the key stats every source file: only when caching
+        # The transform config (level/normalise decide what is fitted on the training split) and the
+        # full description the transform is built from (channels and mean/std follow model.in_channels
+        # and the backbone). The sample rate is left as the config gives it (cfg.data.fs, often None):
+        # the one read from the recordings follows from the data config and file identity in the key.
         spec = {
             "transform": cfg.transform.model_dump(mode="json"),
-            "preprocessing": list(get_preprocessing(cfg.model.backbone).__dict__.values()),
+            "built_from": transform_spec(cfg),
         }
         folder = cfg.data.cache_dir / cache.cache_key(cfg, spec)
         hit = cache.load(folder)
@@ -109,7 +113,8 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         classes, split, windows, images, skipped, spec, window, conditions = hit
         for name, ws in windows.items():
             echo(
-                f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images (cached)"
+                f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> "
+                f"{tuple(images[name].shape[1:])} images (cached)"
             )
         echo(f"  from the cache {folder} (data and transform unchanged; data.cache: false rebuilds)")
         return PreparedData(
@@ -128,7 +133,8 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
     skipped = [(path, "NaN or Inf values (nan_policy: drop)") for path in dropped.get("nan_dropped", [])]
     if skipped:
         echo(
-            f"  warning: {len(skipped)} recording(s) with NaN/Inf dropped: {', '.join(p for p, _ in skipped[:5])}"
+            f"  warning: {len(skipped)} recording(s) with NaN/Inf dropped: "
+            f"{', '.join(p for p, _ in skipped[:5])}"
         )
     classes = list(dict.fromkeys(r.label for r in recordings))
     # UCR: the archive's own test part stays the test split; a manifest's split column is used as is.
@@ -151,7 +157,8 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         if missing and name == "train":
             raise UserError(
                 f"the train split has no window of class(es) {missing}: their recordings are shorter than "
-                f"the window ({length} samples) or held out; lower data.window.length, add recordings or change data.split"
+                f"the window ({length} samples) or held out; lower data.window.length, add recordings "
+                "or change data.split"
             )
         if missing:  # a held-out condition need not hold every fault
             echo(
@@ -175,7 +182,8 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         t0 = time.perf_counter()
         images[name] = transform(ws.x)
         echo(
-            f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> {tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)"
+            f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> "
+            f"{tuple(images[name].shape[1:])} images ({time.perf_counter() - t0:.1f} s)"
         )
     if folder is not None:
         try:
@@ -238,7 +246,8 @@ def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData
     if skipped:
         shown = "; ".join(f"{p} ({why})" for p, why in skipped[:5])
         echo(
-            f"  warning: {len(skipped)} unreadable image(s) skipped: {shown}{' ...' if len(skipped) > 5 else ''}"
+            f"  warning: {len(skipped)} unreadable image(s) skipped: "
+            f"{shown}{' ...' if len(skipped) > 5 else ''}"
         )
     classes = sorted({s.label for s in ingest.samples})
     empty = [c for c in classes if not any(s.label == c for s in kept)]
@@ -249,7 +258,8 @@ def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData
     by = cfg.data.split.by
     if by == "column" and not any(s.split for s in kept):
         raise UserError(
-            "data.split.by is 'column' but the images carry no split column; add one to the manifest (train/val/test) or use by: auto"
+            "data.split.by is 'column' but the images carry no split column; add one to the manifest "
+            "(train/val/test) or use by: auto"
         )
     if by == "column" or (by == "auto" and any(s.split for s in kept)):
         split = split_given(kept, unit=lambda s: s.group)
@@ -272,35 +282,32 @@ def _prepare_images(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedData
         )
         images[name] = transform.normalise(pixels[rows])
         echo(
-            f"  {name:5s}: {len(groups):5d} parts -> {len(items):6d} images -> {tuple(images[name].shape[1:])}"
+            f"  {name:5s}: {len(groups):5d} parts -> {len(items):6d} images -> "
+            f"{tuple(images[name].shape[1:])}"
         )
     return PreparedData(classes, split, windows, images, transform, time.perf_counter() - start, skipped)
 
 
-def build_transform(cfg: JobConfig, fs: float | None = None) -> Any:
-    """The transform of the config with the backbone's normalisation (`fs`: the data's sample rate)."""
+def transform_spec(cfg: JobConfig, fs: float | None = None) -> dict[str, Any]:
+    """The description `signal2image.from_dict` builds the config's transform from: the transform
+    settings with the backbone's normalisation for `model.in_channels` (`fs`: the data's sample rate,
+    else `data.fs`, which may be None before the recordings are read). Before any fitting."""
     pre = get_preprocessing(cfg.model.backbone)
     t = cfg.transform
     channels = cfg.model.in_channels
     # One grey channel into a first convolution summed over RGB: the backbone's mean/std averaged.
     mean, std = (pre.mean, pre.std) if channels == 3 else ((sum(pre.mean) / 3,), (sum(pre.std) / 3,))
     if t.kind == "image":
-        return signal2image.from_dict(
-            {
-                "kind": "image",
-                "image_size": t.image_size,
-                "policy": t.policy,
-                "mean": mean,
-                "std": std,
-                "channels": channels,
-            }
-        )
-    fs = fs or cfg.data.fs
-    problem = nyquist_problem(t.cwt.f_max, fs, "transform.cwt.f_max") if t.kind == "cwt" and fs else None
-    if problem:
-        raise UserError(problem)
+        return {
+            "kind": "image",
+            "image_size": t.image_size,
+            "policy": t.policy,
+            "mean": mean,
+            "std": std,
+            "channels": channels,
+        }
     common = dict(
-        fs=fs,
+        fs=fs or cfg.data.fs,
         image_size=t.image_size,
         floor_db=t.floor_db,
         mean=mean,
@@ -309,7 +316,18 @@ def build_transform(cfg: JobConfig, fs: float | None = None) -> Any:
         signal_norm=cfg.data.normalise,
     )
     settings = {"cwt": t.cwt.model_dump(), "stft": t.stft.model_dump()}.get(t.kind, {})
-    return signal2image.from_dict({"kind": t.kind, **common, **settings})
+    return {"kind": t.kind, **common, **settings}
+
+
+def build_transform(cfg: JobConfig, fs: float | None = None) -> Any:
+    """The transform of the config with the backbone's normalisation (`fs`: the data's sample rate)."""
+    spec = transform_spec(cfg, fs)
+    t = cfg.transform
+    fs = spec.get("fs")
+    problem = nyquist_problem(t.cwt.f_max, fs, "transform.cwt.f_max") if t.kind == "cwt" and fs else None
+    if problem:
+        raise UserError(problem)
+    return signal2image.from_dict(spec)
 
 
 def train_subset(windows: WindowSet, fraction: float, seed: int) -> np.ndarray:

@@ -11,7 +11,9 @@ from typing import Any
 from pipeline.errors import UserError
 
 CHALLENGER = "challenger"
-COMPARE_METRIC = "test_accuracy"
+COMPARE_METRIC = "test_accuracy"  # for display; the counts below decide
+CORRECT_TAG = "test_correct"
+TOTAL_TAG = "test_total"
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,35 @@ class Registration:
         return f"models:/{self.name}@{self.alias}"
 
 
-def decide_alias(
-    client: Any, name: str, version: str, score: float, data_hash: str, alias: str
-) -> tuple[str, str]:
-    """`alias` when `version` beats the version holding it on the same test data, else `challenger`.
+def held_counts(tags: dict[str, str], total: int) -> tuple[int, int] | None:
+    """(correct, total) test samples of a version from its tags, or None when they cannot be known.
 
-    Versions tested on other data (another data hash) are not comparable: the new one becomes the
-    challenger and a person decides (`pipeline models promote`).
+    Versions registered before the counts were stored carry only `test_accuracy`, rounded to 6 decimals:
+    on the same test data (same size `total`) the count is recovered exactly as round(accuracy * total)
+    while the rounding error, at most 5e-7 * total, stays below half a sample (total < 1,000,000).
+    """
+    if CORRECT_TAG in tags and TOTAL_TAG in tags:
+        try:
+            return int(tags[CORRECT_TAG]), int(tags[TOTAL_TAG])
+        except ValueError:
+            return None
+    if COMPARE_METRIC in tags and total < 1_000_000:
+        try:
+            return round(float(tags[COMPARE_METRIC]) * total), total
+        except ValueError:
+            return None
+    return None
+
+
+def decide_alias(
+    client: Any, name: str, version: str, correct: int, total: int, data_hash: str, alias: str
+) -> tuple[str, str]:
+    """`alias` when `version` classifies strictly more test samples correctly than the version holding
+    it on the same test data, else `challenger`.
+
+    Counts of correct samples are compared, not rounded accuracies, so an identical re-run never wins.
+    Versions tested on other data (another data hash, another test size, or no usable score) are not
+    comparable: the new one becomes the challenger and a person decides (`pipeline models promote`).
     """
     from mlflow.exceptions import MlflowException
 
@@ -42,21 +66,20 @@ def decide_alias(
         return alias, f"no version held '{alias}' yet"
     if str(current.version) == str(version):
         return alias, f"version {version} already holds '{alias}'"
-    held = current.tags.get(COMPARE_METRIC)
-    if current.tags.get("data_hash") != data_hash or held is None:
+    held = held_counts(current.tags, total)
+    if current.tags.get("data_hash") != data_hash or held is None or held[1] != total:
         return CHALLENGER, (
             f"'{alias}' (version {current.version}) was tested on other data (data hash "
-            f"{current.tags.get('data_hash')} vs {data_hash}); promote by hand if it should replace it"
+            f"{current.tags.get('data_hash')} vs {data_hash}"
+            + (f", {held[1]} vs {total} test samples" if held and held[1] != total else "")
+            + (", no test score" if held is None else "")
+            + "); promote by hand if it should replace it"
         )
-    if score > float(held):
-        return (
-            alias,
-            f"{COMPARE_METRIC} {score:.4f} beats version {current.version}'s {float(held):.4f} on the same test data",
-        )
-    return (
-        CHALLENGER,
-        f"{COMPARE_METRIC} {score:.4f} does not beat version {current.version}'s {float(held):.4f}",
-    )
+    mine = f"{correct}/{total} correct test samples ({correct / total:.4f})"
+    theirs = f"version {current.version}'s {held[0]}/{total}"
+    if correct > held[0]:
+        return alias, f"{mine} beats {theirs} on the same test data"
+    return CHALLENGER, f"{mine} does not beat {theirs}"
 
 
 def register_onnx(
@@ -66,7 +89,8 @@ def register_onnx(
     name: str,
     alias: str,
     tags: dict[str, str],
-    score: float,
+    correct: int,
+    total: int,
     artifact: str = "model",
 ) -> Registration:
     """Log the ONNX model to the active run, register a new version, tag it, and set its alias.
@@ -77,9 +101,13 @@ def register_onnx(
         name: registered model name.
         alias: the alias to move on improvement (usually ``champion``).
         tags: version tags (must include ``data_hash``).
-        score: the version's test accuracy, compared with the alias holder's.
+        correct: how many of the test samples the version classifies correctly, compared with the
+            alias holder's count on the same test data.
+        total: the number of test samples.
         artifact: the logged model's name in the run (one per variant).
     """
+    if not 0 <= correct <= total or total <= 0:
+        raise ValueError(f"expected 0 <= correct <= total and total > 0, got {correct}/{total}")
     import mlflow
     import mlflow.onnx
     import onnx
@@ -105,9 +133,10 @@ def register_onnx(
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    for key, value in {**tags, COMPARE_METRIC: f"{score:.6f}"}.items():
+    scores = {CORRECT_TAG: str(correct), TOTAL_TAG: str(total), COMPARE_METRIC: f"{correct / total:.6f}"}
+    for key, value in {**tags, **scores}.items():
         client.set_model_version_tag(name, version, key, value)
-    chosen, reason = decide_alias(client, name, version, score, tags["data_hash"], alias)
+    chosen, reason = decide_alias(client, name, version, correct, total, tags["data_hash"], alias)
     client.set_registered_model_alias(name, chosen, version)
     return Registration(name, version, chosen, reason)
 
@@ -147,7 +176,8 @@ def promote(client: Any, name: str, version: str, alias: str) -> str:
     except MlflowException:
         known = [m.name for m in client.search_registered_models()]
         raise UserError(
-            f"no version {version!r} of model {name!r}; registered models: {known} (see `pipeline models list`)"
+            f"no version {version!r} of model {name!r}; registered models: {known} "
+            "(see `pipeline models list`)"
         ) from None
     previous = None
     try:

@@ -35,6 +35,18 @@ def test_second_preparation_maps_the_cache_and_changes_invalidate_it(workdir):
     assert "(cached)" not in log5 and len(os.listdir(workdir / ".cache" / "pipeline")) == 3
 
 
+def test_the_cache_is_keyed_on_the_input_channels(workdir):
+    # model.in_channels changes the transform (channels, the backbone's mean/std averaged to one).
+    path = write_config(workdir / "tiny.yaml", TINY_JOB)
+    rgb, _ = _prepare(load_config(path, ["model.in_channels=3"]))
+    grey, log = _prepare(load_config(path, ["model.in_channels=1"]))
+    assert "(cached)" not in log
+    assert rgb.images["train"].shape[1] == 3
+    assert all(grey.images[name].shape[1] == 1 for name in ("train", "val", "test"))
+    assert grey.transform.to_dict()["channels"] == 1 and len(grey.transform.mean) == 1
+    assert "(cached)" in _prepare(load_config(path, ["model.in_channels=1"]))[1]
+
+
 def test_a_changed_source_file_invalidates_the_cache(workdir):
     rng = np.random.default_rng(0)
     for label in ("a", "b"):

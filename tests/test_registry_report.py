@@ -10,12 +10,12 @@ from pipeline.registry import decide_alias, promote
 from pipeline.report import TrialResult, aggregate, html_report, markdown_report
 
 
-def _version(client, name, score, data_hash, tmp_path):
-    source = tmp_path / f"v{score}-{data_hash}"
+def _version(client, name, tags, data_hash, tmp_path):
+    source = tmp_path / f"v{sorted(tags.items())}-{data_hash}"
     source.mkdir(exist_ok=True)
     mv = client.create_model_version(name, source.as_uri())
-    client.set_model_version_tag(name, mv.version, "test_accuracy", str(score))
-    client.set_model_version_tag(name, mv.version, "data_hash", data_hash)
+    for key, value in {**tags, "data_hash": data_hash}.items():
+        client.set_model_version_tag(name, mv.version, key, value)
     return str(mv.version)
 
 
@@ -23,24 +23,41 @@ def test_champion_moves_only_on_improvement_on_the_same_data(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'reg.db'}")
     client.create_registered_model("m")
     steps = [
-        (0.70, "aaa", "champion"),
-        (0.70, "aaa", "challenger"),
-        (0.65, "aaa", "challenger"),
-        (0.80, "aaa", "champion"),
-        (0.99, "bbb", "challenger"),
+        (70, "aaa", "champion"),
+        (70, "aaa", "challenger"),
+        (65, "aaa", "challenger"),
+        (80, "aaa", "champion"),
+        (99, "bbb", "challenger"),
     ]
-    for score, data_hash, expected in steps:
-        version = _version(client, "m", score, data_hash, tmp_path)
-        alias, reason = decide_alias(client, "m", version, score, data_hash, "champion")
-        assert alias == expected, (score, data_hash, reason)
+    for correct, data_hash, expected in steps:
+        tags = {"test_correct": str(correct), "test_total": "100", "test_accuracy": f"{correct / 100:.6f}"}
+        version = _version(client, "m", tags, data_hash, tmp_path)
+        alias, reason = decide_alias(client, "m", version, correct, 100, data_hash, "champion")
+        assert alias == expected, (correct, data_hash, reason)
         client.set_registered_model_alias("m", alias, version)
     assert str(client.get_model_version_by_alias("m", "champion").version) == "4"
-    assert "other data" in decide_alias(client, "m", "5", 0.99, "bbb", "champion")[1]
+    assert "other data" in decide_alias(client, "m", "5", 99, 100, "bbb", "champion")[1]
+    # The same data hash but another test size: not comparable either.
+    assert decide_alias(client, "m", "5", 99, 200, "aaa", "champion")[0] == "challenger"
     # A person decides for other data: promote the challenger, which then stops being one.
     assert promote(client, "m", "5", "champion") == "models:/m@champion -> version 5 (was version 4)"
     assert {k: str(v) for k, v in client.get_registered_model("m").aliases.items()} == {"champion": "5"}
     with pytest.raises(UserError, match="no version '42'"):
         promote(client, "m", "42", "champion")
+
+
+def test_a_holder_with_only_the_rounded_accuracy_tag_is_compared_by_recovered_count(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'reg.db'}")
+    client.create_registered_model("m")
+    # Registered by an older version of the pipeline: only f"{251 / 330:.6f}" = 0.760606, no counts.
+    legacy = _version(client, "m", {"test_accuracy": f"{251 / 330:.6f}"}, "aaa", tmp_path)
+    client.set_registered_model_alias("m", "champion", legacy)
+    assert decide_alias(client, "m", "2", 251, 330, "aaa", "champion")[0] == "challenger"
+    alias, reason = decide_alias(client, "m", "2", 252, 330, "aaa", "champion")
+    assert alias == "champion" and "version 1's 251/330" in reason
+    no_score = _version(client, "m", {}, "aaa", tmp_path)
+    client.set_registered_model_alias("m", "champion", no_score)
+    assert decide_alias(client, "m", "3", 330, 330, "aaa", "champion")[0] == "challenger"
 
 
 def _trial(strategy, seed, acc, fraction=1.0):
@@ -92,3 +109,62 @@ def test_aggregates_and_reports():
     assert page.rows[0][0] == "strategy" and [r[0] for r in page.rows[1:]] == ["scratch", "finetune"]
     assert page.rows[1][5] == "0.700 ± 0.100"
     assert page.images == ["data:image/png;base64,iVBORyBmYWtl"]
+
+
+def _tiny_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"]),
+            helper.make_node("Identity", ["flat"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_identical_rerun_does_not_take_champion_but_one_more_correct_sample_does(tmp_path, monkeypatch):
+    import numpy as np
+
+    from pipeline.registry import register_onnx
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'reg.db'}")
+    mlflow.set_experiment("champion")
+    onnx_path = _tiny_onnx(tmp_path / "m.onnx")
+    example = np.zeros((2, 1, 2, 2), dtype=np.float32)
+    client = mlflow.MlflowClient()
+    # 251/330 rounded to 6 decimals (0.760606) is below 251/330 itself: the old comparison let a re-run win.
+    steps = [
+        (251, "champion", "1"),
+        (251, "challenger", "1"),
+        (250, "challenger", "1"),
+        (252, "champion", "4"),
+    ]
+    try:
+        for correct, expected, champion in steps:
+            with mlflow.start_run():
+                reg = register_onnx(
+                    onnx_path,
+                    example,
+                    name="m",
+                    alias="champion",
+                    tags={"data_hash": "aaa"},
+                    correct=correct,
+                    total=330,
+                )
+            assert reg.alias == expected, (correct, reg.reason)
+            assert str(client.get_model_version_by_alias("m", "champion").version) == champion
+            tags = client.get_model_version("m", reg.version).tags
+            assert (tags["test_correct"], tags["test_total"]) == (str(correct), "330")
+            assert float(tags["test_accuracy"]) == pytest.approx(correct / 330, abs=1e-6)
+        assert "251/330" in reg.reason and "252/330" in reg.reason
+    finally:
+        mlflow.set_tracking_uri(None)
