@@ -37,6 +37,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deploy.metadata import ModelMetadata  # noqa: E402
 from deploy.onnx_export import export_onnx  # noqa: E402
 from models import build_model  # noqa: E402
 from signal2image import CwtTransform, ImageTransform  # noqa: E402
@@ -55,12 +56,7 @@ def default_models(folder: Path) -> tuple[Path, Path]:
         net,
         cwt(windows),
         signal,
-        metadata={
-            "classes": classes,
-            "transform": cwt.to_dict(),
-            "window": {"length": LENGTH, "hop": 1024},
-            "channels": [0],
-        },
+        metadata=ModelMetadata.for_transform(classes, cwt, window=(LENGTH, 1024)),
     )
     img = ImageTransform(image_size=64)
     image = folder / "image.onnx"
@@ -68,7 +64,7 @@ def default_models(folder: Path) -> tuple[Path, Path]:
         net,
         img([np.random.default_rng(1).random((128, 128)).astype(np.float32)] * 2),
         image,
-        metadata={"classes": classes, "transform": img.to_dict()},
+        metadata=ModelMetadata.for_transform(classes, img),
     )
     return signal, image
 

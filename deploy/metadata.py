@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,42 @@ class ModelMetadata:
     @property
     def kind(self) -> str:
         return "image" if self.is_image else "signal"
+
+    @classmethod
+    def for_transform(
+        cls,
+        classes: Sequence[str],
+        transform: Any,
+        *,
+        window: tuple[int, int] | None = None,
+        channels: Sequence[int | str] = (0,),
+        model: ModelInfo | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> ModelMetadata:
+        """The metadata of a model fed by `transform` (a `signal2image` transform object).
+
+        Args:
+            window: signal models: (length, hop) in samples.
+            channels: signal models: the channels of a file the model reads.
+        """
+        spec = transform.to_dict()
+        size = int(spec["image_size"])
+        is_image = spec.get("kind") == "image"
+        if not is_image and window is None:
+            raise ValueError("a signal model needs its window: for_transform(..., window=(length, hop))")
+        return cls(
+            classes=tuple(classes),
+            transform=spec,
+            input_shape=("batch", int(spec.get("channels", 3)), size, size),
+            mean=tuple(float(v) for v in transform.mean),
+            std=tuple(float(v) for v in transform.std),
+            window_length=None if is_image or window is None else int(window[0]),
+            window_hop=None if is_image or window is None else int(window[1]),
+            fs=None if is_image else float(spec["fs"]),
+            channels=tuple(channels),
+            model=model or ModelInfo(),
+            metrics=dict(metrics or {}),
+        )
 
     def with_variant(self, kind: str, calibration_inputs: int | None = None) -> ModelMetadata:
         """The same metadata marked as a derived variant."""

@@ -50,9 +50,10 @@ def select_channels(
         return signal
     if all(isinstance(c, int) for c in wanted) and max(int(c) for c in wanted) < n:
         return signal[[int(c) for c in wanted]]
+    named = f" (the file's channels: {list(names)})" if names is not None else ""
     raise RequestError(
         "data",
-        f"the signal has {n} channel(s); the model was trained on {len(wanted)} channel(s) "
+        f"the signal has {n} channel(s){named}; the model was trained on {len(wanted)} channel(s) "
         f"{list(wanted)}: send exactly those",
     )
 

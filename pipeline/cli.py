@@ -244,8 +244,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from deploy.inferencer import OnnxInferencer
+    from deploy.signal_request import probabilities
     from pipeline.ingest.files import read_signal_file
-    from pipeline.ingest.images import decode_image
+    from signal2image.imageio import decode_image
 
     inferencer = OnnxInferencer.from_uri(args.model, tracking_uri=args.tracking_uri)
     for file in args.files:
@@ -256,29 +257,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise UserError(f"{file}: not a readable image ({exc})") from None
             probs = inferencer.predict_images([image])[0]
             label = inferencer.classes[int(probs.argmax())]
-            result = {
-                "file": file,
-                "label": label,
-                "probabilities": dict(zip(inferencer.classes, map(float, probs))),
-            }
+            result = {"file": file, "label": label, "probabilities": probabilities(inferencer.classes, probs)}
             print(json.dumps(result) if args.json else f"{file}: {label} (p={probs.max():.3f})")
             continue
         loaded = read_signal_file(file)
-        wanted = tuple(inferencer.channels)
-        named = all(isinstance(c, int) or c in loaded.channels for c in wanted)
-        signal = loaded.select(wanted, file) if named or loaded.data.shape[0] != len(wanted) else loaded.data
-        prediction = inferencer.predict_signal(signal, fs=args.fs or loaded.fs)
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "file": file,
-                        "label": prediction.label,
-                        "probabilities": prediction.probabilities,
-                        "windows": len(prediction.window_labels),
-                    }
-                )
+        try:
+            prediction = inferencer.predict_signal(
+                loaded.data, fs=args.fs or loaded.fs, names=loaded.channels
             )
+        except UserError as exc:
+            raise UserError(f"{file}: {exc}") from None
+        if args.json:
+            windows = len(prediction.window_labels)
+            out = {"file": file, "label": prediction.label, "probabilities": prediction.probabilities}
+            print(json.dumps({**out, "windows": windows}))
         else:
             agree = sum(label == prediction.label for label in prediction.window_labels)
             print(
@@ -321,13 +313,11 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
-    import numpy as np
-    import torch
-
     from deploy.inferencer import OnnxInferencer
-    from deploy.variants import build_variants, write_triton_repository
+    from deploy.variants import write_triton_repository
     from pipeline.config import load_config
     from pipeline.data import prepare_data
+    from pipeline.export import check_compatible, check_variants
 
     if not args.variant and not args.triton:
         raise UserError("nothing to do: give --variant int8, --variant fp16 and/or --triton DIR")
@@ -343,52 +333,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     refused: list[str] = []
     if args.variant:
         data = prepare_data(cfg, echo=lambda line: print(line))
-        if list(data.classes) != list(inferencer.classes):
-            raise UserError(
-                f"the model's classes {inferencer.classes} differ from the data's {data.classes}; give the config the model was trained with"
-            )
-
-        if data.is_image != inferencer.is_image or (
-            not inferencer.is_image and (data.window or {}).get("length") != inferencer.window_length
-        ):
-            raise UserError(
-                f"the model ({'images' if inferencer.is_image else f'windows of {inferencer.window_length} samples'}) does not match CONFIG's data; give the config the model was trained with"
-            )
-        if inferencer.is_image and data.windows["test"].x.shape[-1] != inferencer.transform.image_size:
-            raise UserError(
-                f"the model takes {inferencer.transform.image_size} px images but CONFIG prepares {data.windows['test'].x.shape[-1]} px; give the config the model was trained with"
-            )
-        if not inferencer.is_image and abs(data.transform.fs - inferencer.fs) > 1e-6 * inferencer.fs:
-            raise UserError(
-                f"the model expects {inferencer.fs:g} Hz but CONFIG's data is at {data.transform.fs:g} Hz; give the config the model was trained with"
-            )
-
-        def inputs(split: str, rows: np.ndarray | None = None) -> np.ndarray:
-            x = np.asarray(data.windows[split].x if rows is None else data.windows[split].x[rows])
-            if inferencer.is_image:
-                return inferencer.transform.normalise(torch.as_tensor(x)).numpy()
-            return inferencer.transform(
-                x
-            ).numpy()  # prepared windows: already normalised per recording if so trained
-
-        pick = np.sort(
-            np.random.default_rng(0).permutation(len(data.windows["train"]))[: cfg.export.calibration_inputs]
-        )  # transform only these
-        calibration = inputs("train", pick)
+        check_compatible(inferencer.metadata, data)
         drop = cfg.export.max_accuracy_drop if args.max_accuracy_drop is None else args.max_accuracy_drop
-        reports = build_variants(
+        reports = check_variants(
             model_path,
-            list(dict.fromkeys(args.variant)),
-            calibration=calibration,
-            test_inputs=inputs("test"),
-            test_labels=np.asarray(data.windows["test"].y),
-            tolerance_points=drop,
+            args.variant,
+            data,
+            calibration_inputs=cfg.export.calibration_inputs,
+            max_accuracy_drop=drop,
+            echo=print,
         )
         refused = [r.kind for r in reports if not r.accepted]
+        for r in reports:
+            if not r.accepted:
+                r.path.unlink(missing_ok=True)
         if refused:
-            for r in reports:
-                if not r.accepted:
-                    r.path.unlink(missing_ok=True)
             notes.append(f"removed {refused}: they lose more than {drop:g} points of test accuracy")
     if args.triton:
         folder = write_triton_repository(model_path, Path(args.triton), name=cfg.tracking.registered_model)

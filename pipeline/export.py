@@ -31,18 +31,12 @@ def model_metadata(
     cfg: JobConfig, data: PreparedData, best: TrialResult, *, run_id: str, data_hash: str, version: str
 ) -> ModelMetadata:
     """The metadata written into the exported model (see `deploy.metadata`)."""
-    transform = data.transform.to_dict()
     window = data.window or {}
-    return ModelMetadata(
-        classes=tuple(data.classes),
-        transform=transform,
-        input_shape=("batch", cfg.model.in_channels, cfg.transform.image_size, cfg.transform.image_size),
-        mean=tuple(data.transform.mean),
-        std=tuple(data.transform.std),
-        window_length=None if data.is_image else window["length"],
-        window_hop=None if data.is_image else window["hop"],
-        fs=None if data.is_image else data.transform.fs,
-        channels=tuple(data_channels(cfg)),
+    return ModelMetadata.for_transform(
+        data.classes,
+        data.transform,
+        window=None if data.is_image else (window["length"], window["hop"]),
+        channels=data_channels(cfg),
         model=ModelInfo(
             name=cfg.tracking.registered_model,
             version=version,

@@ -6,9 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from deploy.variants import VariantReport
+    from pipeline.config import JobConfig
+    from pipeline.data import PreparedData
+    from pipeline.report import TrialResult
 
 CHALLENGER = "challenger"
 COMPARE_METRIC = "test_accuracy"  # for display; the counts below decide
@@ -195,3 +201,84 @@ def promote(client: Any, name: str, version: str, alias: str) -> str:
         except MlflowException:
             pass
     return f"models:/{name}@{alias} -> version {version}" + (f" (was version {previous})" if previous else "")
+
+
+# ----------------------------------------------------------------------------- the registry stage
+
+
+def next_version(name: str) -> str:
+    """The version number the registry will give this job's model (written into the ONNX metadata
+    before registering; a concurrent registration of the same name could take it first)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return "1"
+    return str(max((int(v.version) for v in versions), default=0) + 1)
+
+
+def register_best(
+    cfg: JobConfig, onnx_path: Path, data: PreparedData, best: TrialResult, *, run_id: str, data_hash: str
+) -> Registration:
+    """Register the job's exported model; `champion` moves only on more correct test samples."""
+    return register_onnx(
+        onnx_path,
+        data.images["test"][:2].numpy(),
+        name=cfg.tracking.registered_model,
+        alias=cfg.tracking.alias,
+        correct=best.test_correct,
+        total=best.test_total,
+        tags={
+            "strategy": best.strategy,
+            "seed": str(best.seed),
+            "train_fraction": f"{best.train_fraction:g}",
+            "test_macro_f1": f"{best.test_macro_f1:.6f}",
+            "data_hash": data_hash,
+            "job": cfg.name,
+            "run_id": run_id,
+        },
+    )
+
+
+def register_variants(
+    cfg: JobConfig, reports: list[VariantReport], data: PreparedData, *, tags: dict[str, str]
+) -> list[str]:
+    """Log each variant's check to the active run and register the accepted ones as
+    `<model>-<kind>`; returns one line per variant for the summary."""
+    import mlflow
+
+    notes = []
+    for report in reports:
+        mlflow.log_metrics(
+            {
+                f"{report.kind}_test_accuracy": report.accuracy,
+                f"{report.kind}_accuracy_drop_points": report.drop_points,
+                f"{report.kind}_agreement": report.agreement,
+                f"{report.kind}_speedup_batch1": report.speedup_batch1,
+                f"{report.kind}_speedup_batch32": report.speedup_batch32,
+            }
+        )
+        if not report.accepted:
+            notes.append(
+                f"{report.kind}: not registered, it loses {report.drop_points:.2f} points "
+                f"(> export.max_accuracy_drop {cfg.export.max_accuracy_drop:g})"
+            )
+            continue
+        reg = register_onnx(
+            report.path,
+            data.images["test"][:2].numpy(),
+            name=f"{cfg.tracking.registered_model}-{report.kind}",
+            alias=cfg.tracking.alias,
+            correct=report.correct,
+            total=report.total,
+            tags={**tags, "test_accuracy_fp32": f"{report.reference_accuracy:.6f}", "variant": report.kind},
+            artifact=f"model-{report.kind}",
+        )
+        notes.append(
+            f"{report.kind}: {report.path} registered as models:/{reg.name}/{reg.version} "
+            f"({report.accuracy:.4f} test accuracy, {-report.drop_points:+.2f} points, "
+            f"{report.speedup_batch1:.2f}x at batch 1 on this CPU)"
+        )
+    return notes

@@ -130,14 +130,14 @@ def test_onnx_matches_pytorch_on_real_inputs_and_alias_resolves(finished_job):
     assert onnx_path.is_file()
     inferencer = OnnxInferencer(onnx_path)
     meta = inferencer.metadata
-    assert meta["classes"] == list(SimulatorConfig().classes)
-    assert meta["transform"]["kind"] == "cwt" and meta["window"] == {"length": 1024, "hop": 512}
+    assert list(meta.classes) == list(SimulatorConfig().classes)
+    assert meta.transform["kind"] == "cwt" and (meta.window_length, meta.window_hop) == (1024, 512)
     # Real inputs: test windows through the transform rebuilt from the model's metadata.
     cfg = load_config(cfg_path)
     recs = GearboxSimulator(cfg.data.simulator).recordings()
-    test = make_windows(split_by_recording(recs, cfg.data.split).test, meta["classes"], 1024, 512)
+    test = make_windows(split_by_recording(recs, cfg.data.split).test, list(meta.classes), 1024, 512)
     images = inferencer.transform(test.x)
-    best = meta["model"]["strategy"]
+    best = meta.model.strategy
     ckpt = onnx_path.parent / "checkpoints" / f"{best}.best.pt"
     model = build_model("efficientnet_lite0", num_classes=5, pretrained=False)
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
@@ -155,7 +155,7 @@ def test_onnx_matches_pytorch_on_real_inputs_and_alias_resolves(finished_job):
         and "data_hash" in version.tags
         and float(version.tags["test_accuracy"]) >= 0
     )
-    assert meta["model"]["version"] == str(version.version) and meta["model"]["run_id"] in out
+    assert meta.model.version == str(version.version) and meta.model.run_id in out
 
 
 def test_predict_classifies_signal_files(finished_job):
@@ -302,9 +302,7 @@ def test_export_command_writes_a_checked_int8_variant_and_a_triton_repository(fi
         r"int8: test accuracy [\d.]+ vs FP32 [\d.]+ .* speed-up on this CPU [\d.]+x at batch 1", proc.stdout
     )
     variant = OnnxInferencer(work / "exported" / "model.int8.onnx")
-    assert variant.metadata["variant"]["kind"] == "int8" and variant.classes == list(
-        SimulatorConfig().classes
-    )
+    assert variant.metadata.variant.kind == "int8" and variant.classes == list(SimulatorConfig().classes)
     assert (work / "triton" / "tiny-fault" / "1" / "model.onnx").is_file()
     nothing = run_cli("export", str(cfg_path), "--model", "models:/tiny-fault@champion", cwd=work)
     assert nothing.returncode == 2 and "nothing to do" in nothing.stderr

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from deploy.inferencer import OnnxInferencer, choose_providers, cuda_usable
+from deploy.metadata import ModelInfo, ModelMetadata
 from deploy.onnx_export import export_onnx
 from models import build_model
 from pipeline.errors import ExportError, UserError
@@ -20,11 +21,7 @@ def exported(tmp_path_factory):
     windows = np.random.default_rng(0).standard_normal((6, 512)).astype(np.float32)
     inputs = transform(windows)
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
-    meta = {
-        "classes": ["a", "b", "c"],
-        "transform": transform.to_dict(),
-        "window": {"length": 512, "hop": 256},
-    }
+    meta = ModelMetadata.for_transform(["a", "b", "c"], transform, window=(512, 256))
     report = export_onnx(model, inputs, path, metadata=meta)
     return model, transform, windows, inputs, path, report
 
@@ -56,9 +53,10 @@ class BatchDependent(torch.nn.Module):
 
 
 def test_export_refuses_an_unfaithful_model(exported, tmp_path):
-    model, _, _, inputs, _, _ = exported
+    model, _, _, inputs, path, _ = exported
+    meta = ModelMetadata.from_onnx(path)
     with pytest.raises(ExportError, match="max \\|logit diff\\| 1.00e\\+00"):
-        export_onnx(BatchDependent(model), inputs, tmp_path / "m.onnx", metadata={})
+        export_onnx(BatchDependent(model), inputs, tmp_path / "m.onnx", metadata=meta)
 
 
 def test_inferencer_rejects_foreign_models_and_wrong_lengths(exported, tmp_path):

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from deploy.inferencer import OnnxInferencer
+from deploy.metadata import ModelInfo, ModelMetadata
 from deploy.onnx_export import export_onnx
 from deploy.variants import evaluate_variant, make_int8, write_triton_repository
 from models import build_model
@@ -34,20 +35,13 @@ KEY = "test-key-123"
 FS, LENGTH = 8000, 1024
 
 
-def _export(path: Path, transform, inputs: torch.Tensor, seed: int, extra: dict) -> Path:
+def _export(path: Path, transform, inputs: torch.Tensor, seed: int, window: tuple[int, int] | None) -> Path:
     torch.manual_seed(seed)
     model = build_model("efficientnet_lite0", num_classes=3, pretrained=False).eval()
-    export_onnx(
-        model,
-        inputs,
-        path,
-        metadata={
-            "classes": ["good", "worn", "broken"],
-            "transform": transform.to_dict(),
-            "model": {"name": path.stem},
-            **extra,
-        },
+    meta = ModelMetadata.for_transform(
+        ["good", "worn", "broken"], transform, window=window, model=ModelInfo(name=path.stem)
     )
+    export_onnx(model, inputs, path, metadata=meta)
     return path
 
 
@@ -56,12 +50,11 @@ def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     cwt = CwtTransform(fs=FS, image_size=32, f_min=100, f_max=3000, n_scales=32)
     windows = np.random.default_rng(0).standard_normal((8, LENGTH)).astype(np.float32)
-    meta = {"window": {"length": LENGTH, "hop": 512}, "channels": [0], "input_shape": ["batch", 3, 32, 32]}
-    signal_a = _export(folder / "signal_a.onnx", cwt, cwt(windows), 0, meta)
-    signal_b = _export(folder / "signal_b.onnx", cwt, cwt(windows), 1, meta)
+    signal_a = _export(folder / "signal_a.onnx", cwt, cwt(windows), 0, (LENGTH, 512))
+    signal_b = _export(folder / "signal_b.onnx", cwt, cwt(windows), 1, (LENGTH, 512))
     img = ImageTransform(image_size=32)
     pictures = [np.random.default_rng(i).random((40, 56, 3)).astype(np.float32) for i in range(4)]
-    image = _export(folder / "image.onnx", img, img(pictures), 2, {"input_shape": ["batch", 3, 32, 32]})
+    image = _export(folder / "image.onnx", img, img(pictures), 2, None)
     return {"signal_a": signal_a, "signal_b": signal_b, "image": image}
 
 
@@ -373,7 +366,7 @@ def test_int8_is_refused_when_it_loses_accuracy_and_accepted_when_not(models, tm
     labels = reference.predict_inputs(inputs).argmax(1)  # FP32 is right on every input by construction
     int8 = make_int8(models["signal_a"], tmp_path / "a.int8.onnx", inputs[:32])
     assert (
-        OnnxInferencer(int8).metadata["variant"]["kind"] == "int8"
+        OnnxInferencer(int8).metadata.variant.kind == "int8"
         and OnnxInferencer(int8).classes == reference.classes
     )
     report = evaluate_variant(

@@ -216,9 +216,9 @@ def test_one_channel_job_split_by_condition_exports_what_the_service_reproduces(
     inferencer = OnnxInferencer(onnx_path)
     meta = inferencer.metadata
     assert (
-        meta["input_shape"][1] == 1
-        and meta["transform"]["channels"] == 1
-        and meta["transform"]["level_db"] is not None
+        meta.input_shape[1] == 1
+        and meta.transform["channels"] == 1
+        and meta.transform["level_db"] is not None
     )
     cfg = load_config(cfg_path)
     data = prepare_data(cfg, echo=lambda s: None)  # from the job's cache: the images the model was tested on
