@@ -193,6 +193,200 @@ def features_of(
         replace_module(model, head, original)
 
 
+@dataclass
+class _Run:
+    """What one call of `fit` trains with: the module that learns, its inputs, optimiser and loss."""
+
+    net: nn.Module  # the whole model, or only its head on cached features
+    inputs_train: torch.Tensor
+    inputs_val: torch.Tensor
+    y_train: torch.Tensor
+    y_val: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    sample_weight: torch.Tensor | None
+    generator: torch.Generator
+    rank_batch: int
+    head_name: str
+    head_ids: set[int]
+    probe: bool
+    cached: bool
+    amp: bool
+    amp_dtype: torch.dtype
+    scaler: torch.amp.GradScaler
+
+
+def _prepare(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    n_classes: int,
+    strategy: StrategyConfig,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    backbone: str,
+    cache_features: bool,
+) -> _Run:
+    """Model on the device, features cached for a linear probe, optimiser, schedule, loss, sampler."""
+    from models import head_path, layer_groups
+
+    x_train, y_train = train
+    x_val, y_val = val
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    head_name = head_path(backbone)
+    head_ids = {id(p) for g, ps in layer_groups(model, backbone) if g == "head" for p in ps}
+    probe = strategy.kind == "linear_probe"
+    cached = probe and cache_features
+    if cached:  # the network the head sees is fixed: compute its input once
+        feat_train = features_of(model, head_name, x_train, device=device)
+        feat_val = features_of(model, head_name, x_val, device=device)
+        net: nn.Module = model.get_submodule(head_name)
+        inputs_train, inputs_val = feat_train, feat_val
+    else:
+        net, inputs_train, inputs_val = model, x_train, x_val
+    groups = (
+        param_groups(model.get_submodule(head_name), cfg.weight_decay, strategy.lr)
+        if probe
+        else strategy_groups(model, backbone, strategy, cfg.weight_decay)
+    )
+    optimizer = make_optimizer(groups, cfg)
+    world = distributed.world()
+    # Under torchrun each rank takes its share of every batch: the global batch stays batch_size.
+    rank_batch = cfg.batch_size if world is None else -(-cfg.batch_size // world.size)
+    steps_per_epoch = math.ceil(
+        (len(x_train) if world is None else -(-len(x_train) // world.size)) / rank_batch
+    )
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    counts = torch.bincount(y_train, minlength=n_classes).float()
+    # Balanced weights n / (K * count): a class seen half as often weighs twice as much.
+    class_weight = torch.where(
+        counts > 0, len(y_train) / (n_classes * counts.clamp_min(1)), torch.zeros_like(counts)
+    )
+    loss_fn = nn.CrossEntropyLoss(
+        weight=class_weight.to(device) if cfg.class_weighting == "loss" else None,
+        label_smoothing=cfg.label_smoothing,
+    )
+    amp = device.type == "cuda" and not cached
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    return _Run(
+        net=net,
+        inputs_train=inputs_train,
+        inputs_val=inputs_val,
+        y_train=y_train,
+        y_val=y_val,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=loss_fn,
+        sample_weight=class_weight[y_train] if cfg.class_weighting == "sampler" else None,
+        generator=torch.Generator().manual_seed(seed),
+        rank_batch=rank_batch,
+        head_name=head_name,
+        head_ids=head_ids,
+        probe=probe,
+        cached=cached,
+        amp=amp,
+        amp_dtype=amp_dtype,
+        # float16 gradients underflow without loss scaling; bfloat16 and the CPU need none.
+        scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16),
+    )
+
+
+def _restore(
+    run: _Run, model: nn.Module, checkpoint: Path, result: TrainResult
+) -> tuple[Any, int, int, float]:
+    """Continue from `checkpoint`: model, optimiser, schedule, data order, RNG, history and best
+    weights. Returns (best weights, epochs since the best, first epoch to run, seconds spent)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.generator.set_state(state["generator"])
+    torch.set_rng_state(state["rng"])  # dropout draws: the continuation is the uninterrupted run
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    result.history = [dict(row) for row in state["history"]]
+    result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
+    best_file = best_checkpoint_path(checkpoint)
+    best_state = (
+        torch.load(best_file, map_location="cpu", weights_only=True)["model"] if best_file.is_file() else None
+    )
+    return best_state, state["since_best"], state["epoch"] + 1, state["train_seconds"]
+
+
+def _set_trainable(run: _Run, model: nn.Module, strategy: StrategyConfig, epoch: int) -> None:
+    """Train mode, with what the strategy freezes at this epoch frozen."""
+    run.net.train()
+    if run.probe and not run.cached:  # the same computation as the cached path: backbone in eval mode, frozen
+        model.eval()
+        model.get_submodule(run.head_name).train()
+        freeze_except(model, run.head_ids)
+    elif strategy.kind == "gradual_unfreeze":
+        everything = {id(p) for p in model.parameters()}
+        freeze_except(model, run.head_ids if epoch < strategy.head_epochs else everything)
+
+
+def _train_epoch(
+    run: _Run,
+    *,
+    desc: str,
+    cfg: TrainConfig,
+    device: torch.device,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+    show: bool,
+) -> tuple[int, float, int]:
+    """One pass over this rank's share of the training data: (samples, summed loss, correct)."""
+    seen, loss_sum, correct = 0, 0.0, 0
+    trainer = distributed.wrap(run.net, device)  # per epoch: gradual unfreezing changes what trains
+    order = batches(len(run.inputs_train), run.rank_batch, run.generator, run.sample_weight, sharded=True)
+    bar = tqdm(list(order), desc=desc, leave=False, disable=None if show else True)
+    for idx in bar:
+        xb = (
+            run.inputs_train[idx]
+            if augment is None or run.cached
+            else augment(run.inputs_train[idx], run.generator)
+        )
+        if device.type == "cuda":  # page-locked host memory: the copy overlaps with compute
+            xb = xb.pin_memory().to(device, non_blocking=True)
+            xb = xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
+        xb = xb.to(device, non_blocking=True)
+        yb = run.y_train[idx].to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.amp):
+            logits = trainer(xb)
+            loss = run.loss_fn(logits.float(), yb)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            run.scaler.unscale_(run.optimizer)
+            params = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        seen += len(idx)
+        loss_sum += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == yb).sum())
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+    seen, loss_sum, correct = distributed.all_sum([seen, loss_sum, correct])  # every rank's share
+    return int(seen), float(loss_sum), int(correct)
+
+
+def _validate(run: _Run, *, n_classes: int, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Validation loss, accuracy and macro-F1 of the current weights."""
+    val_logits = predict_logits(run.net, run.inputs_val, batch_size=max(batch_size, 64), device=device)
+    val_loss = float(nn.CrossEntropyLoss()(val_logits, run.y_val)) if len(run.y_val) else float("nan")
+    val_metrics = classification_metrics(run.y_val.numpy(), val_logits.argmax(1).numpy(), n_classes)
+    return {
+        "val_loss": val_loss,
+        "val_accuracy": val_metrics["accuracy"],
+        "val_macro_f1": val_metrics["macro_f1"],
+    }
+
+
 def fit(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -220,138 +414,32 @@ def fit(
     disk, training continues after the checkpoint's epoch with its model, optimizer, scheduler,
     data-order generator, history and best weights.
     """
-    from models import head_path, layer_groups
-
     began = time.perf_counter()  # training time includes the linear probe's feature pass
-    x_train, y_train = train
-    x_val, y_val = val
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    head_name = head_path(backbone)
-    head_ids = {id(p) for g, ps in layer_groups(model, backbone) if g == "head" for p in ps}
-    probe = strategy.kind == "linear_probe"
-    cached = probe and cache_features
-    if cached:  # the network the head sees is fixed: compute its input once
-        feat_train = features_of(model, head_name, x_train, device=device)
-        feat_val = features_of(model, head_name, x_val, device=device)
-        net: nn.Module = model.get_submodule(head_name)
-        inputs_train, inputs_val = feat_train, feat_val
-    else:
-        net, inputs_train, inputs_val = model, x_train, x_val
-    groups = (
-        param_groups(model.get_submodule(head_name), cfg.weight_decay, strategy.lr)
-        if probe
-        else strategy_groups(model, backbone, strategy, cfg.weight_decay)
-    )
-    optimizer = make_optimizer(groups, cfg)
+    run = _prepare(
+        model, train, val, n_classes=n_classes, strategy=strategy, cfg=cfg, seed=seed, device=device,
+        backbone=backbone, cache_features=cache_features,
+    )  # fmt: skip
     world = distributed.world()
     main = world is None or world.is_main
-    # Under torchrun each rank takes its share of every batch: the global batch stays batch_size.
-    rank_batch = cfg.batch_size if world is None else -(-cfg.batch_size // world.size)
-    steps_per_epoch = math.ceil(
-        (len(x_train) if world is None else -(-len(x_train) // world.size)) / rank_batch
-    )
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    counts = torch.bincount(y_train, minlength=n_classes).float()
-    # Balanced weights n / (K * count): a class seen half as often weighs twice as much.
-    class_weight = torch.where(
-        counts > 0, len(y_train) / (n_classes * counts.clamp_min(1)), torch.zeros_like(counts)
-    )
-    loss_fn = nn.CrossEntropyLoss(
-        weight=class_weight.to(device) if cfg.class_weighting == "loss" else None,
-        label_smoothing=cfg.label_smoothing,
-    )
-    eval_loss = nn.CrossEntropyLoss()
-    sample_weight = class_weight[y_train] if cfg.class_weighting == "sampler" else None
-    generator = torch.Generator().manual_seed(seed)
-    amp = device.type == "cuda" and not cached
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    # float16 gradients underflow without loss scaling; bfloat16 and the CPU need none.
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     since_best, first_epoch, spent = 0, 0, 0.0
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])  # dropout draws: the continuation is the uninterrupted run
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        result.history = [dict(row) for row in state["history"]]
-        result.best_epoch, result.best_score, since_best, spent = (
-            state["best_epoch"],
-            state["best_score"],
-            state["since_best"],
-            state["train_seconds"],
-        )
-        best_file = best_checkpoint_path(checkpoint)
-        best_state = (
-            torch.load(best_file, map_location="cpu", weights_only=True)["model"]
-            if best_file.is_file()
-            else None
-        )
-        first_epoch = state["epoch"] + 1
+        best_state, since_best, first_epoch, spent = _restore(run, model, checkpoint, result)
     start = began - spent
     for epoch in range(first_epoch, cfg.epochs):
-        net.train()
-        if probe and not cached:  # the same computation as the cached path: backbone in eval mode, frozen
-            model.eval()
-            model.get_submodule(head_name).train()
-            freeze_except(model, head_ids)
-        elif strategy.kind == "gradual_unfreeze":
-            freeze_except(
-                model, head_ids if epoch < strategy.head_epochs else {id(p) for p in model.parameters()}
-            )
+        _set_trainable(run, model, strategy, epoch)
         epoch_start = time.perf_counter()
-        seen, loss_sum, correct = 0, 0.0, 0
-        trainer = distributed.wrap(net, device)  # per epoch: gradual unfreezing changes what trains
-        bar = tqdm(
-            list(batches(len(x_train), rank_batch, generator, sample_weight, sharded=True)),
-            desc=f"{strategy.name} epoch {epoch + 1}/{cfg.epochs}",
-            leave=False,
-            disable=None if main else True,
+        desc = f"{strategy.name} epoch {epoch + 1}/{cfg.epochs}"
+        seen, loss_sum, correct = _train_epoch(
+            run, desc=desc, cfg=cfg, device=device, augment=augment, show=main
         )
-        for idx in bar:
-            xb = inputs_train[idx] if augment is None or cached else augment(inputs_train[idx], generator)
-            if device.type == "cuda":  # page-locked host memory: the copy overlaps with compute
-                xb = xb.pin_memory().to(device, non_blocking=True)
-                xb = xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
-            xb = xb.to(device, non_blocking=True)
-            yb = y_train[idx].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                logits = trainer(xb)
-                loss = loss_fn(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None],
-                    cfg.grad_clip,
-                )
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        seen, loss_sum, correct = distributed.all_sum([seen, loss_sum, correct])  # every rank's share
-        val_logits = predict_logits(net, inputs_val, batch_size=max(cfg.batch_size, 64), device=device)
-        val_loss = float(eval_loss(val_logits, y_val)) if len(y_val) else float("nan")
-        val_metrics = classification_metrics(y_val.numpy(), val_logits.argmax(1).numpy(), n_classes)
         row = {
             "train_loss": loss_sum / max(seen, 1),
             "train_accuracy": correct / max(seen, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_metrics["accuracy"],
-            "val_macro_f1": val_metrics["macro_f1"],
+            **_validate(run, n_classes=n_classes, batch_size=cfg.batch_size, device=device),
             "epoch_seconds": time.perf_counter() - epoch_start,
-            **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
+            **{f"lr_{g['name']}": g["lr"] for g in run.optimizer.param_groups},
         }
         result.history.append(row)
         score = distributed.from_main([row[cfg.select_metric]])[0]
@@ -373,12 +461,12 @@ def fit(
             save_checkpoint(
                 checkpoint,
                 model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
+                optimizer=run.optimizer,
+                scheduler=run.scheduler,
                 epoch=epoch if not stop else cfg.epochs - 1,
                 strategy=strategy.name,
                 seed=seed,
-                generator=generator.get_state(),
+                generator=run.generator.get_state(),
                 rng=torch.get_rng_state(),
                 cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 history=result.history,
