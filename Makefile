@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/gearbox.yaml
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-dev run test ui clean
+.PHONY: install install-dev run test lint ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ run: install
 
 test: install-dev
 	$(BIN)/python -m pytest -q
+
+# Style and types: ruff (lint + format, line length 110) on the whole tree; mypy on the lower
+# packages and the serving side (signal2image, models, deploy; see [tool.mypy] in pyproject.toml).
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ui: install
 	$(BIN)/pipeline ui

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import signal2image
 from deploy.metadata import ModelMetadata
 from deploy.signal_request import RequestError, prepare_signal, probabilities
+from signal2image import ImageTransform, SignalToImage
 from signal2image.base import zscore
 from signal2image.errors import UserError
 
@@ -88,7 +89,9 @@ class OnnxInferencer:
             self.session.get_modelmeta().custom_metadata_map, where=str(self.path)
         )
         try:
-            self.transform = signal2image.from_dict(dict(self.metadata.transform))
+            self.transform: SignalToImage | ImageTransform = signal2image.from_dict(
+                dict(self.metadata.transform)
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{self.path}: its transform cannot be rebuilt ({exc})") from None
         self.classes: list[str] = list(self.metadata.classes)
@@ -110,7 +113,9 @@ class OnnxInferencer:
 
     @property
     def fs(self) -> float:
-        return self.transform.fs
+        """The sample rate a signal model expects, in Hz."""
+        assert self.metadata.fs is not None, "an image model has no sample rate"
+        return self.metadata.fs
 
     @property
     def window_length(self) -> int:
@@ -137,7 +142,7 @@ class OnnxInferencer:
 
     def predict_images(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images (float [0, 1], (H, W) or (H, W, 3), any size) -> probabilities (N, n_classes)."""
-        if not self.is_image:
+        if not isinstance(self.transform, ImageTransform):
             raise UserError("this model classifies signal windows, not images")
         return self.predict_inputs(self.transform(images).numpy())
 
@@ -147,7 +152,7 @@ class OnnxInferencer:
         For a model trained with per-recording normalisation the windows of one call are z-scored
         together as one recording, unless `normalised` says the caller already did it.
         """
-        if self.is_image:
+        if not isinstance(self.transform, SignalToImage):
             raise UserError("this model classifies images, not signal windows")
         windows = np.asarray(windows, dtype=np.float32)
         if windows.shape[-1] != self.window_length:

@@ -178,7 +178,7 @@ class ModelMetadata:
                     "upgrade fault-pipeline to read it"
                 )
             transform = dict(doc["transform"])
-            norm = doc.get("normalisation") or {}
+            norm: Mapping[str, Any] = doc.get("normalisation") or {}
             meta = cls(
                 classes=tuple(str(c) for c in doc["classes"]),
                 transform=transform,

@@ -35,7 +35,8 @@ class ParityReport:
 
     def __str__(self) -> str:
         return (
-            f"ONNX Runtime vs PyTorch: max |logit diff| {self.max_abs_diff:.2e} (logits up to {self.logit_scale:.1f}) "
+            f"ONNX Runtime vs PyTorch: max |logit diff| {self.max_abs_diff:.2e} (logits up to "
+            f"{self.logit_scale:.1f}) "
             f"on {self.n_inputs} real inputs, predictions identical: {self.same_predictions}"
         )
 

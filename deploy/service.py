@@ -146,7 +146,7 @@ class _Job:
     kind: str  # "windows" or "images"
     inferencer: OnnxInferencer  # the model the request was checked against: it also runs it
     enqueued: float
-    future: asyncio.Future = field(repr=False)  # type: ignore[type-arg]
+    future: asyncio.Future[np.ndarray] = field(repr=False)
 
 
 class Batcher:
@@ -254,7 +254,8 @@ class Batcher:
 
 
 class ModelHolder:
-    """The served model; `swap` replaces it atomically (requests already accepted run on the model they were checked against)."""
+    """The served model; `swap` replaces it atomically (requests already accepted run on the model they were "
+    "checked against)."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
@@ -295,8 +296,8 @@ class ModelHolder:
 def warm_up(inferencer: OnnxInferencer) -> None:
     """Run one batch through the whole path: builds the filter bank and lets ONNX Runtime plan."""
     if inferencer.is_image:
-        s = inferencer.transform.image_size
-        inferencer.predict_inputs(inferencer.transform([np.zeros((s, s), dtype=np.float32)]).numpy())
+        s = inferencer.metadata.input_shape[-1]
+        inferencer.predict_images([np.zeros((s, s), dtype=np.float32)])
     else:
         channels = len(inferencer.channels)
         inferencer.predict_windows(
@@ -321,7 +322,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ApiError(
             413,
             "body",
-            f"the body has {int(declared)} bytes; the limit is {limit} (serve with a larger --max-body-mb, or send fewer windows per call)",
+            f"the body has {int(declared)} bytes; the limit is {limit} (serve with a larger --max-body-mb, "
+            "or send fewer windows per call)",
         )
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -336,7 +338,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ApiError(
             400,
             "body",
-            'the body is empty; send the signal as JSON {"fs": ..., "data": [...]} or float32 bytes, or an image',
+            'the body is empty; send the signal as JSON {"fs": ..., "data": [...]} or float32 bytes, or an '
+            "image",
         )
     return body
 
@@ -374,14 +377,16 @@ def parse_signal(body: bytes, content_type: str, query: dict[str, str]) -> tuple
             raise ApiError(
                 422,
                 "data",
-                "data must be a list of numbers (one channel) or a list of equal-length lists (channels x samples)",
+                "data must be a list of numbers (one channel) or a list of equal-length lists (channels x "
+                "samples)",
             ) from None
     elif content_type.startswith("application/octet-stream"):
         if "fs" not in query:
             raise ApiError(
                 422,
                 "fs",
-                "float32 bodies need the sample rate as a query parameter: ?fs=12800 (and &channels=N for N channels, one after the other)",
+                "float32 bodies need the sample rate as a query parameter: ?fs=12800 (and &channels=N for N "
+                "channels, one after the other)",
             )
         fs = parse_fs(query["fs"], "query")
         channels = query.get("channels", "1")
@@ -397,7 +402,8 @@ def parse_signal(body: bytes, content_type: str, query: dict[str, str]) -> tuple
         raise ApiError(
             415,
             "content-type",
-            f"content type {content_type or '(none)'!r} is not accepted; use application/json or application/octet-stream",
+            f"content type {content_type or '(none)'!r} is not accepted; use application/json or "
+            "application/octet-stream",
         )
     if data.ndim == 1:
         data = data[None, :]
@@ -485,7 +491,11 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
-        inferencer = preloaded or await loop.run_in_executor(None, holder.load, settings.model)
+        inferencer = (
+            preloaded
+            if preloaded is not None
+            else await loop.run_in_executor(None, holder.load, settings.model)
+        )
         holder.swap(inferencer, settings.model)
         _describe(inferencer, settings.model)
         batcher = Batcher(
@@ -543,7 +553,8 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
             raise ApiError(
                 403,
                 "X-API-Key",
-                "this endpoint is disabled: start the service with an API key (PIPELINE_API_KEY) to enable it",
+                "this endpoint is disabled: start the service with an API key (PIPELINE_API_KEY) to enable "
+                "it",
             )
         given = request.headers.get("x-api-key", "")
         if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
@@ -591,7 +602,8 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
             raise ApiError(
                 415,
                 "content-type",
-                f"content type {content_type or '(none)'!r} is not accepted; send image/png, image/jpeg or multipart/form-data",
+                f"content type {content_type or '(none)'!r} is not accepted; send image/png, image/jpeg or "
+                "multipart/form-data",
             )
         images = []
         for name, data in payloads:
@@ -655,7 +667,8 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
             raise ApiError(
                 400,
                 "body",
-                'send JSON {"model": "models:/NAME@ALIAS" or a path}; an empty body reloads the current source',
+                'send JSON {"model": "models:/NAME@ALIAS" or a path}; an empty body reloads the current '
+                "source",
             ) from None
         if not isinstance(source, str):
             raise ApiError(
@@ -675,7 +688,8 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
                 raise ApiError(
                     422,
                     "model",
-                    f"{source!r} is {'an image' if inferencer.is_image else 'a signal'} model and this service serves the other kind; the previous model stays",
+                    f"{source!r} is {'an image' if inferencer.is_image else 'a signal'} model and this "
+                    "service serves the other kind; the previous model stays",
                 )
             holder.swap(inferencer, source)  # requests in flight finish on the model they started with
             _describe(inferencer, source)

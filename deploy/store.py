@@ -44,7 +44,8 @@ def use_store(uri: str) -> None:
 
 
 def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
-    """The .onnx file behind a ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) URI, downloaded locally."""
+    """The .onnx file behind a ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) URI, downloaded "
+    "locally."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

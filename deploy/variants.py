@@ -52,8 +52,10 @@ class VariantReport:
         )
         return (
             f"{self.kind}: test accuracy {self.accuracy:.4f} vs FP32 {self.reference_accuracy:.4f} "
-            f"({0.0 - self.drop_points + 0.0:+.2f} points), same class as FP32 on {100 * self.agreement:.1f} % of inputs, "
-            f"speed-up on this CPU {self.speedup_batch1:.2f}x at batch 1, {self.speedup_batch32:.2f}x at batch 32: {verdict}"
+            f"({0.0 - self.drop_points + 0.0:+.2f} points), same class as FP32 on {100 * self.agreement:.1f} "
+            "% of inputs, "
+            f"speed-up on this CPU {self.speedup_batch1:.2f}x at batch 1, {self.speedup_batch32:.2f}x at "
+            f"batch 32: {verdict}"
         )
 
 

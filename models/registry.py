@@ -38,7 +38,8 @@ _BACKBONES: dict[str, BackboneEntry] = {}
 def register_backbone(
     name: str, preprocessing: Preprocessing, *, head: str, groups: Callable[[str], str]
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a keyword-only builder ``fn(*, num_classes, pretrained, dropout, weights_path) -> nn.Module``.
+    """Decorator: register a keyword-only builder
+    ``fn(*, num_classes, pretrained, dropout, weights_path) -> nn.Module``.
 
     Args:
         preprocessing: what the pretrained weights expect (mean, std, input size).
@@ -85,10 +86,7 @@ def replace_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
     parent_path, _, leaf = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     old = model.get_submodule(path)
-    if leaf.isdigit():
-        parent[int(leaf)] = module  # type: ignore[index]
-    else:
-        setattr(parent, leaf, module)
+    setattr(parent, leaf, module)  # also for Sequential/ModuleList children, whose names are "0", "1", ...
     return old
 
 

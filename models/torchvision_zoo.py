@@ -58,7 +58,7 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
 
 def _preprocessing(arch: str) -> Preprocessing:
     t = _weights_enum(arch).transforms()
-    return Preprocessing(mean=tuple(t.mean), std=tuple(t.std), input_size=int(t.crop_size[0]))  # type: ignore[arg-type]
+    return Preprocessing(mean=tuple(t.mean), std=tuple(t.std), input_size=int(t.crop_size[0]))
 
 
 def _linear_in(module: nn.Module) -> int:

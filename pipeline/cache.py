@@ -153,7 +153,7 @@ def load(
     for name in SPLIT_NAMES:
         info = meta["splits"][name]
 
-        def arr(kind: str) -> np.ndarray:
+        def arr(kind: str, name: str = name) -> np.ndarray:
             return np.load(folder / f"{name}_{kind}.npy", mmap_mode="c")
 
         windows[name] = WindowSet(

@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         action="store_true",
-        help="continue the last interrupted run of this config: finished trials are kept, the interrupted one continues from its last checkpoint",
+        help=(
+            "continue the last interrupted run of this config: finished trials are kept, "
+            "the interrupted one continues from its last checkpoint"
+        ),
     )
     run.set_defaults(func=cmd_run)
 
@@ -72,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="classify signal files (NPY, NPZ, CSV) or images with an exported model",
         description=(
             "Signal models: cut each file into the model's windows, apply the transform rebuilt from the "
-            "model's metadata, and print the class of the mean probability. Image models: classify each image."
+            "model's metadata, and print the class of the mean probability. Image models: classify each "
+            "image."
         ),
     )
     _add_model(predict)
@@ -100,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote = models_sub.add_parser(
         "promote",
         help="point an alias (default champion) at a version by hand",
-        description="Point ALIAS at VERSION of NAME, e.g. `pipeline models promote gearbox-fault 3 --alias champion`.",
+        description=(
+            "Point ALIAS at VERSION of NAME, e.g. `pipeline models promote gearbox-fault 3 --alias champion`."
+        ),
     )
     promote.add_argument("name", metavar="NAME", help="registered model name")
     promote.add_argument("version", metavar="VERSION", help="version number")
@@ -112,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="derive INT8/FP16 variants and a Triton repository from an exported model",
         description=(
-            "Take MODEL (an .onnx file or models:/NAME@ALIAS written by `pipeline run`), check it, and write the "
-            "requested variants next to a copy of it in --out, each tested on the test split of CONFIG's data "
+            "Take MODEL (an .onnx file or models:/NAME@ALIAS written by `pipeline run`), check it, and write "
+            "the "
+            "requested variants next to a copy of it in --out, each tested on the test split of CONFIG's "
+            "data "
             "against the FP32 model (accuracy change and speed-up), and/or a Triton model repository."
         ),
     )
@@ -157,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a model over HTTP (FastAPI + uvicorn, micro-batching, Prometheus metrics)",
         description=(
             "Serve MODEL: POST /v1/predict/signal (JSON or float32 bytes) or /v1/predict/image (PNG/JPEG or "
-            "multipart), GET /v1/model, /healthz, /readyz, /metrics, POST /v1/admin/reload. The API key, when "
+            "multipart), GET /v1/model, /healthz, /readyz, /metrics, POST /v1/admin/reload. The API key, "
+            "when "
             "wanted, comes from the environment variable PIPELINE_API_KEY (never from the command line)."
         ),
     )
@@ -221,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
-    # A stop from a scheduler or container (SIGTERM) ends the runs KILLED, like Ctrl-C, instead of leaving them RUNNING.
+    # A stop from a scheduler or container (SIGTERM) ends the runs KILLED, like Ctrl-C, instead of
+    # leaving them RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
 
     cfg = load_config(args.config, args.overrides)
@@ -352,7 +362,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.triton:
         folder = write_triton_repository(model_path, Path(args.triton), name=cfg.tracking.registered_model)
         notes.append(
-            f"Triton repository: {folder} (run: tritonserver --model-repository {args.triton}; see docs/deploy.md)"
+            f"Triton repository: {folder} (run: tritonserver --model-repository {args.triton}; see "
+            "docs/deploy.md)"
         )
     for note in notes:
         print(note)

@@ -27,7 +27,7 @@ from pipeline.report import Aggregate, TrialResult, aggregate, log_comparison
 from pipeline.resume import ResumePoint, resume_point
 from pipeline.tracking import ensure_experiment, log_png, resolve_tracking_uri, tracked_run, use_store
 from pipeline.train import select_device
-from pipeline.trials import run_trials, trial_name, training_plan
+from pipeline.trials import run_trials, training_plan, trial_name
 
 
 @dataclass
@@ -89,7 +89,8 @@ def run_job(
         example_png = log_inputs(cfg, data)
 
         echo(
-            f"[2/4] training {len(training_plan(cfg))} model(s) on {device.type} ({cfg.model.backbone}): strategies x train fractions x seeds"
+            f"[2/4] training {len(training_plan(cfg))} model(s) on {device.type} ({cfg.model.backbone}): "
+            "strategies x train fractions x seeds"
         )
         outcome = run_trials(
             cfg,
@@ -146,7 +147,8 @@ def check_before_training(
     if world is not None:
         if resume:
             raise UserError(
-                "--resume is not supported under torchrun; resume with a single process (pipeline run CONFIG --resume)"
+                "--resume is not supported under torchrun; resume with a single process (pipeline run CONFIG "
+                "--resume)"
             )
         distributed.barrier()  # the other ranks now read the data from the cache rank 0 wrote
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -187,7 +189,8 @@ def export_extras(
     notes: list[str] = []
     if cfg.export.variants:
         echo(
-            f"  variants {', '.join(cfg.export.variants)}: calibrated on training inputs, checked on the {len(data.windows['test'])} test inputs"
+            f"  variants {', '.join(cfg.export.variants)}: calibrated on training inputs, checked on the "
+            f"{len(data.windows['test'])} test inputs"
         )
         reports = check_variants(
             onnx_path,

@@ -40,7 +40,8 @@ def ensure_experiment(name: str, *, tracking_uri: str, artifact_dir: Path) -> st
     if found is not None:
         if found.lifecycle_stage != "active":
             raise UserError(
-                f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore --experiment-id "
+                f"MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore "
+                "--experiment-id "
                 f"{found.experiment_id}) or set another tracking.experiment"
             )
         return found.experiment_id

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deploy.inferencer import OnnxInferencer, choose_providers, cuda_usable
-from deploy.metadata import ModelInfo, ModelMetadata
+from deploy.metadata import ModelMetadata
 from deploy.onnx_export import export_onnx
 from models import build_model
 from pipeline.errors import ExportError, UserError

@@ -26,7 +26,8 @@ def _folder_entries(root: Path) -> list[tuple[Path, str, dict[str, str]]]:
         files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in SIGNAL_SUFFIXES)
         if not files:
             raise UserError(
-                f"class {class_dir.name!r} ({class_dir}) holds no signal file ({', '.join(SIGNAL_SUFFIXES)}); add recordings or remove the folder"
+                f"class {class_dir.name!r} ({class_dir}) holds no signal file "
+                f"({', '.join(SIGNAL_SUFFIXES)}); add recordings or remove the folder"
             )
         entries += [(file, class_dir.name, {"id": str(file.relative_to(root))}) for file in files]
     return entries
@@ -37,7 +38,8 @@ def _manifest_entries(manifest: Path) -> list[tuple[Path, str, dict[str, str]]]:
     for row in read_manifest(manifest, "data.folder.manifest", MANIFEST_COLUMNS):
         if not row.path.is_file():
             raise UserError(
-                f"{manifest}, line {row.line}: signal file {str(row.path)!r} not found; fix the path (relative paths start at the manifest's folder)"
+                f"{manifest}, line {row.line}: signal file {str(row.path)!r} not found; fix the path "
+                "(relative paths start at the manifest's folder)"
             )
         cells = {k: v for k, v in row.cells.items() if v and k not in ("path", "label")}
         cells["id"] = row.name
@@ -55,7 +57,8 @@ def _rate(cells: dict[str, str], where: str) -> float | None:
         fs = -1.0
     if not fs > 0:
         raise UserError(
-            f"{where}: fs {cells['fs']!r} is not a sample rate; write it in Hz as a positive number (12800, not 12.8k)"
+            f"{where}: fs {cells['fs']!r} is not a sample rate; write it in Hz as a positive number (12800, "
+            "not 12.8k)"
         )
     return fs
 
@@ -104,8 +107,10 @@ def read_folder(config: FolderConfig, report: dict[str, list[str]] | None = None
                 config.channels
             ):  # the model's metadata and the service use the config's count
                 raise UserError(
-                    f"{where}: the manifest selects {len(channel)} channel(s) {list(channel)} but data.folder.channel has "
-                    f"{len(config.channels)} {list(config.channels)}; give data.folder.channel the same number of channels (the model's inputs)"
+                    f"{where}: the manifest selects {len(channel)} channel(s) {list(channel)} but "
+                    "data.folder.channel has "
+                    f"{len(config.channels)} {list(config.channels)}; give data.folder.channel the same "
+                    "number of channels (the model's inputs)"
                 )
         signal = loaded.select(channel, file)
         declared = _rate(cells, where)
@@ -113,7 +118,8 @@ def read_folder(config: FolderConfig, report: dict[str, list[str]] | None = None
         fs = config.fs or file_fs
         if fs is None:
             raise UserError(
-                f"{where}: {file} carries no sample rate; set data.folder.fs (Hz){' or the manifest fs column' if config.manifest else ''}"
+                f"{where}: {file} carries no sample rate; set data.folder.fs "
+                f"(Hz){' or the manifest fs column' if config.manifest else ''}"
             )
         if config.fs and file_fs and abs(file_fs - config.fs) > 1e-6 * config.fs:
             if not config.resample:
@@ -146,16 +152,19 @@ def read_folder(config: FolderConfig, report: dict[str, list[str]] | None = None
     if len(labels) < 2:
         key = "data.folder.manifest" if config.manifest else "data.folder.path"
         raise UserError(
-            f"{key}: {source!r} gives readable recordings of {len(labels)} class(es) {labels}; at least two classes are needed"
+            f"{key}: {source!r} gives readable recordings of {len(labels)} class(es) {labels}; at least two "
+            "classes are needed"
         )
     channels = sorted({r.signal.shape[0] for r in recordings})
     if len(channels) > 1:
         raise UserError(
-            f"{source}: the recordings have different numbers of channels {channels}; select the same channels for every file (data.folder.channel or the manifest's channels column)"
+            f"{source}: the recordings have different numbers of channels {channels}; select the same "
+            "channels for every file (data.folder.channel or the manifest's channels column)"
         )
     rates = sorted({r.fs for r in recordings})
     if rates[-1] - rates[0] > 1e-6 * rates[-1]:
         raise UserError(
-            f"the files have different sample rates {rates} Hz; set data.folder.fs and data.folder.resample: true"
+            f"the files have different sample rates {rates} Hz; set data.folder.fs and data.folder.resample: "
+            "true"
         )
     return recordings

@@ -107,14 +107,16 @@ def read_image_folder(root: Path) -> ImageIngest:
         files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise UserError(
-                f"class {class_dir.name!r} ({class_dir}) holds no image ({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder"
+                f"class {class_dir.name!r} ({class_dir}) holds no image ({', '.join(IMAGE_SUFFIXES)}); add "
+                "images or remove the folder"
             )
         for file in files:
             rel = str(file.relative_to(root))
             samples.append(ImageSample(id=rel, label=class_dir.name, path=file, group=rel))
     if len(classes) < 2:
         raise UserError(
-            f"data.images.path: {str(root)!r} has {len(classes)} class folder(s); it needs one sub-folder per class, at least two"
+            f"data.images.path: {str(root)!r} has {len(classes)} class folder(s); it needs one sub-folder "
+            "per class, at least two"
         )
     return ImageIngest(samples, skipped)
 
@@ -140,7 +142,8 @@ def read_image_manifest(manifest: Path) -> ImageIngest:
         )
     if len({s.label for s in samples}) < 2:
         raise UserError(
-            f"{manifest}: images of {len({s.label for s in samples})} class(es) found; at least two are needed"
+            f"{manifest}: images of {len({s.label for s in samples})} class(es) found; at least two are "
+            "needed"
         )
     return ImageIngest(samples, skipped)
 
