@@ -136,22 +136,52 @@ class OnnxInferencer:
         return self.session.get_providers()
 
     def predict_inputs(self, images: np.ndarray) -> np.ndarray:
-        """Network inputs (N, C, H, W) -> class probabilities (N, n_classes)."""
-        logits = self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
-        return _softmax(logits)
+        """Network inputs (N, C, H, W) -> class probabilities (N, n_classes).
+
+        Raises:
+            RequestError: an input or an output is not finite (no verdict from an unusable input).
+        """
+        return _raise_problems(*self.predict_inputs_checked(images))
+
+    def predict_inputs_checked(self, images: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+        """Like `predict_inputs`, but the rows that cannot be trusted are returned as
+        {row: reason} instead of raised (their probabilities are NaN): a batch of several requests
+        fails only the requests at fault."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        problems = _non_finite_rows(images, "the network input (after the transform)")
+        logits = self.session.run(None, {self.input_name: images})[0]
+        for row, reason in _non_finite_rows(logits, "the network's output").items():
+            problems.setdefault(row, reason)
+        probs = _softmax(logits)
+        probs[list(problems)] = np.nan
+        return probs, problems
 
     def predict_images(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images (float [0, 1], (H, W) or (H, W, 3), any size) -> probabilities (N, n_classes)."""
+        return _raise_problems(*self.predict_images_checked(images))
+
+    def predict_images_checked(self, images: list[np.ndarray]) -> tuple[np.ndarray, dict[int, str]]:
+        """`predict_images` with untrustworthy rows returned (see `predict_inputs_checked`)."""
         if not isinstance(self.transform, ImageTransform):
             raise UserError("this model classifies signal windows, not images")
-        return self.predict_inputs(self.transform(images).numpy())
+        return self.predict_inputs_checked(self.transform(images).numpy())
 
     def predict_windows(self, windows: np.ndarray, *, normalised: bool = False) -> np.ndarray:
         """Raw windows (N, L) or (N, C, L) of the model's length -> probabilities (N, n_classes).
 
         For a model trained with per-recording normalisation the windows of one call are z-scored
         together as one recording, unless `normalised` says the caller already did it.
+
+        Raises:
+            RequestError: a window turns into non-finite values on the way (z-score, transform,
+                network): an unusable input never gets a verdict.
         """
+        return _raise_problems(*self.predict_windows_checked(windows, normalised=normalised))
+
+    def predict_windows_checked(
+        self, windows: np.ndarray, *, normalised: bool = False
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """`predict_windows` with untrustworthy rows returned (see `predict_inputs_checked`)."""
         if not isinstance(self.transform, SignalToImage):
             raise UserError("this model classifies images, not signal windows")
         windows = np.asarray(windows, dtype=np.float32)
@@ -159,16 +189,22 @@ class OnnxInferencer:
             raise UserError(
                 f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}"
             )
+        problems: dict[int, str] = {}
         if self.transform.signal_norm == "recording" and not normalised:  # one call = one recording
             windows = windows if windows.ndim == 3 else windows[:, None, :]
             n, c = len(windows), windows.shape[1]
             joined = zscore(windows.transpose(1, 0, 2).reshape(c, -1))
             windows = joined.reshape(c, n, -1).transpose(1, 0, 2)
+            problems = _non_finite_rows(windows, "z-scoring the recording")
         try:
-            inputs = self.transform(windows)
+            inputs = self.transform(windows).numpy()
         except ValueError as exc:
             raise UserError(f"cannot turn the windows into images: {exc}") from None
-        return self.predict_inputs(inputs.numpy())
+        probs, later = self.predict_inputs_checked(inputs)
+        for row, reason in later.items():
+            problems.setdefault(row, reason)
+        probs[list(problems)] = np.nan
+        return probs, problems
 
     def signal_windows(
         self, signal: np.ndarray, fs: float | None = None, *, resample: bool = False, names: Any = None
@@ -197,10 +233,36 @@ class OnnxInferencer:
         )
 
 
+def _non_finite_rows(values: np.ndarray, stage: str) -> dict[int, str]:
+    """{row: reason} for the rows of `values` holding NaN or Inf."""
+    if values.size == 0:
+        return {}
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    return {
+        int(row): (
+            f"non-finite values in {stage}: the input cannot be scaled in float32 arithmetic "
+            "(an amplitude near the float32 limit, or a constant-overflow); check the sensor's "
+            "scaling and send values in physical units"
+        )
+        for row in np.flatnonzero(bad)
+    }
+
+
+def _raise_problems(probs: np.ndarray, problems: dict[int, str]) -> np.ndarray:
+    if problems:
+        row, reason = next(iter(sorted(problems.items())))
+        where = f"window {row}" if len(probs) > 1 else "the input"
+        raise RequestError(
+            "data", f"{where}: {reason}" + (f" ({len(problems)} rows in all)" if len(problems) > 1 else "")
+        )
+    return probs
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported, not warned
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
 
 
 __all__ = ["OnnxInferencer", "RequestError", "SignalPrediction", "choose_providers", "create_session"]

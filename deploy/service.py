@@ -155,7 +155,7 @@ class Batcher:
 
     def __init__(
         self,
-        run: Callable[[OnnxInferencer, str, Any], np.ndarray],
+        run: Callable[[OnnxInferencer, str, Any], tuple[np.ndarray, dict[int, str]]],
         *,
         max_batch: int,
         max_wait_ms: float,
@@ -243,12 +243,20 @@ class Batcher:
             inputs = [image for job in batch for image in job.inputs]
         self.metrics.batch_size.observe(len(inputs))
         self.metrics.batch_requests.observe(len(batch))
-        probs = await loop.run_in_executor(
+        result = await loop.run_in_executor(
             self.executor, self.run, batch[0].inferencer, batch[0].kind, inputs
         )
+        probs, problems = result
         offset = 0
         for job in batch:
-            if not job.future.done():
+            rows = range(offset, offset + len(job.inputs))
+            bad = [problems[r] for r in rows if r in problems]
+            if job.future.done():
+                pass
+            elif bad:
+                where = "the input" if len(job.inputs) == 1 else f"{len(bad)} of {len(job.inputs)} windows"
+                job.future.set_exception(ApiError(422, "data", f"{where}: {bad[0]}"))
+            else:
                 job.future.set_result(probs[offset : offset + len(job.inputs)])
             offset += len(job.inputs)
 
@@ -285,12 +293,13 @@ class ModelHolder:
         self.inferencer, self.source, self.ready = inferencer, source, True
 
     @staticmethod
-    def run(inferencer: OnnxInferencer, kind: str, inputs: Any) -> np.ndarray:
+    def run(inferencer: OnnxInferencer, kind: str, inputs: Any) -> tuple[np.ndarray, dict[int, str]]:
         """One batch on the model its requests were checked against (a reload meanwhile does not
-        change it): the transform and the network each run once on all of it."""
-        if kind == "windows":
-            return inferencer.predict_windows(inputs, normalised=True)  # recording z-score done per request
-        return inferencer.predict_images(inputs)
+        change it): the transform and the network each run once on all of it. Rows that turned
+        non-finite on the way come back as {row: reason}, so only their requests fail."""
+        if kind == "windows":  # the recording z-score was done per request
+            return inferencer.predict_windows_checked(inputs, normalised=True)
+        return inferencer.predict_images_checked(inputs)
 
 
 def warm_up(inferencer: OnnxInferencer) -> None:

@@ -103,7 +103,14 @@ def prepare_signal(
             f"window of {meta.window_length} samples at {meta.fs:g} Hz",
         )
     if meta.transform.get("signal_norm") == "recording":  # the request's signal is the recording
+        peak = float(np.max(np.abs(signal)))
         signal = zscore(signal)
+        if not np.isfinite(signal).all():
+            raise RequestError(
+                "data",
+                f"z-scoring the signal gave non-finite values (its amplitude reaches {peak:.3g}, beyond "
+                "what float32 arithmetic can scale); send values in physical units",
+            )
     return cut_windows(signal, meta.window_length, meta.window_hop)
 
 
