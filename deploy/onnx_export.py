@@ -20,6 +20,15 @@ OUTPUT_NAME = "logits"
 
 @dataclass(frozen=True)
 class ParityReport:
+    """How closely ONNX Runtime reproduced PyTorch on the check inputs of `export_onnx`.
+
+    Attributes:
+        max_abs_diff: largest |logit difference| over all inputs and classes.
+        logit_scale: largest |logit| PyTorch produced (what `allowed` scales the tolerance by).
+        n_inputs: how many inputs were compared.
+        same_predictions: every input got the same class from both.
+    """
+
     max_abs_diff: float
     logit_scale: float
     n_inputs: int

@@ -175,6 +175,7 @@ class Batcher:
         self.pending: _Job | None = None  # a request that did not fit the last batch opens the next
 
     def start(self) -> None:
+        """Start the batching loop on the running event loop (call from inside it, e.g. the lifespan)."""
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -262,8 +263,8 @@ class Batcher:
 
 
 class ModelHolder:
-    """The served model; `swap` replaces it atomically (requests already accepted run on the model they were "
-    "checked against)."""
+    """The served model; `swap` replaces it atomically (requests already accepted run on the model
+    they were checked against)."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
@@ -272,6 +273,11 @@ class ModelHolder:
         self.ready = False
 
     def load(self, source: str) -> OnnxInferencer:
+        """Load and warm up the model at `source` (a path or ``models:/...``) without serving it yet.
+
+        Raises:
+            UserError: the model cannot be found or loaded.
+        """
         inferencer = OnnxInferencer.from_uri(
             source,
             tracking_uri=self.settings.tracking_uri,
@@ -290,6 +296,7 @@ class ModelHolder:
         return inferencer
 
     def swap(self, inferencer: OnnxInferencer, source: str) -> None:
+        """Serve `inferencer` (loaded from `source`) from now on, and mark the service ready."""
         self.inferencer, self.source, self.ready = inferencer, source, True
 
     @staticmethod
@@ -354,6 +361,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_fs(value: Any, source: str) -> float:
+    """The sample rate `value` as a positive finite float; `source` says where it came from, for the message.
+
+    Raises:
+        ApiError: 422 on field ``fs``.
+    """
     try:
         fs = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -438,6 +450,8 @@ def signal_windows(inferencer: OnnxInferencer, signal: np.ndarray, fs: float, re
 
 
 def signal_answer(inferencer: OnnxInferencer, probs: np.ndarray) -> dict[str, Any]:
+    """The JSON answer to a signal request: the verdict over its windows' probabilities, and each
+    window's label."""
     verdict = inferencer.verdict(probs)
     return {
         "label": verdict.label,

@@ -25,6 +25,7 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 
 
 def is_local_store(uri: str) -> bool:
+    """True for a store on this machine (SQLite, ``file:`` or a plain path), False for a tracking server."""
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
@@ -36,6 +37,7 @@ def quiet_mlflow() -> None:
 
 
 def use_store(uri: str) -> None:
+    """Point MLflow's tracking and registry at `uri` (with `quiet_mlflow`)."""
     import mlflow
 
     quiet_mlflow()
@@ -44,8 +46,12 @@ def use_store(uri: str) -> None:
 
 
 def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
-    """The .onnx file behind a ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) URI, downloaded "
-    "locally."""
+    """The .onnx file behind a ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) URI, downloaded
+    locally.
+
+    Raises:
+        UserError: the URI does not resolve in the store, or holds no .onnx file.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -1,4 +1,8 @@
-"""Backbones (registry), their weights, preprocessing and layer groups."""
+"""Backbones (a registry of builders), their pretrained weights, preprocessing and layer groups.
+
+Importing the package registers every backbone (EfficientNet-Lite, torchvision's zoo).
+Dependency rule: models imports only signal2image (for `UserError`), nothing from pipeline or deploy.
+"""
 
 from models import efficientnet_lite as _efficientnet_lite  # noqa: F401  (registers its backbones)
 from models import torchvision_zoo as _torchvision_zoo  # noqa: F401  (registers its backbones)

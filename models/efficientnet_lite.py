@@ -35,6 +35,7 @@ def lite_weights_path(variant: int) -> Path:
 
 
 def lite0_weights_path() -> Path:
+    """`lite_weights_path(0)`: the installed EfficientNet-Lite0 ImageNet weights."""
     return lite_weights_path(0)
 
 

@@ -26,6 +26,8 @@ class WeightsNotFoundError(UserError):
 
 @dataclass(frozen=True)
 class BackboneEntry:
+    """What `register_backbone` stores for one name: the builder and what the trainer needs to know."""
+
     builder: Callable[..., nn.Module]
     preprocessing: Preprocessing
     head: str  # module path of the new classification head (replaced by the linear probe)
@@ -57,6 +59,7 @@ def register_backbone(
 
 
 def list_backbones() -> list[str]:
+    """Names of the registered backbones, sorted (valid values of ``model.backbone``)."""
     return sorted(_BACKBONES)
 
 
@@ -67,6 +70,11 @@ def _entry(name: str) -> BackboneEntry:
 
 
 def get_preprocessing(name: str) -> Preprocessing:
+    """The mean, std and native input size backbone `name` expects.
+
+    Raises:
+        ValueError: unknown name.
+    """
     return _entry(name).preprocessing
 
 
@@ -91,6 +99,11 @@ def replace_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
 
 
 def head_path(name: str) -> str:
+    """Dotted module path of backbone `name`'s new classification head (the linear probe's layer).
+
+    Raises:
+        ValueError: unknown name.
+    """
     return _entry(name).head
 
 

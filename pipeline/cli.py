@@ -43,6 +43,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand; each sets ``func``, the ``cmd_*`` that runs it."""
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description=(
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`pipeline run`: the job of the config, then its summary; under torchrun, ranks above 0 only train."""
     from pipeline.config import load_config
 
     # A stop from a scheduler or container (SIGTERM) ends the runs KILLED, like Ctrl-C, instead of
@@ -253,6 +255,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """`pipeline predict`: one line (or JSON object) per file with its class; a signal's is the class of
+    the mean probability over its windows."""
     from deploy.inferencer import OnnxInferencer
     from deploy.signal_request import probabilities
     from pipeline.ingest.files import read_signal_file
@@ -301,6 +305,7 @@ def _registry_client(tracking_uri: str | None):
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    """`pipeline models list`: every registered version as a table."""
     from pipeline.registry import LIST_HEADERS, list_versions
     from pipeline.report import text_table
 
@@ -314,6 +319,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
+    """`pipeline models promote`: point an alias at a version by hand."""
     from pipeline.registry import promote
 
     print(promote(_registry_client(args.tracking_uri), args.name, args.version, args.alias))
@@ -321,6 +327,11 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`pipeline export`: copy the model to ``--out``, add the checked variants and/or a Triton repository.
+
+    Returns:
+        1 when a variant loses more test accuracy than allowed (it is removed), else 0.
+    """
     import shutil
 
     from deploy.inferencer import OnnxInferencer
@@ -371,6 +382,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`pipeline serve`: check the options, load the model, then serve it with uvicorn until stopped."""
     import logging
 
     import uvicorn
@@ -410,6 +422,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """`pipeline ui`: replace this process by ``mlflow ui`` on the store (does not return)."""
     from pipeline.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -439,6 +452,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pipeline` command.
+
+    Returns:
+        The exit code: the command's (0 on success), 2 for a user error, 1 for a failed export, 130 on
+        Ctrl-C (or SIGTERM during `pipeline run`). Bad arguments exit 2 through argparse.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

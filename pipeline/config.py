@@ -26,6 +26,8 @@ STRATEGY_KINDS = ("scratch", "linear_probe", "finetune", "discriminative", "grad
 
 
 class Section(BaseModel):
+    """Base of every config section: unknown keys are errors and a loaded config cannot change."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -231,6 +233,8 @@ IMAGE_SOURCES = ("images", "elpv")
 
 
 class DataConfig(Section):
+    """Where the data comes from (`source` and its section), how it is split, windowed and cached."""
+
     source: Literal["simulator", "folder", "ucr", "images", "elpv"] = "simulator"
     simulator: SimulatorConfig = SimulatorConfig()
     folder: FolderConfig | None = None
@@ -274,6 +278,8 @@ class DataConfig(Section):
 
 
 class CwtConfig(Section):
+    """Settings of the CWT scalogram (`signal2image.CwtTransform`): wavelet and frequency range."""
+
     wavelet: str = "cmor1.5-1.0"
     f_min: float = Field(200.0, gt=0, description="lowest analysed frequency in Hz")
     f_max: float = Field(6000.0, gt=0, description="highest analysed frequency in Hz")
@@ -295,12 +301,17 @@ class CwtConfig(Section):
 
 
 class StftConfig(Section):
+    """Settings of the STFT spectrogram (`signal2image.StftTransform`), in samples."""
+
     nperseg: int = Field(256, ge=8)
     hop: int = Field(32, ge=1)
     window: Literal["hann", "hamming", "blackman"] = "hann"
 
 
 class TransformConfig(Section):
+    """How a window or an image becomes the network's input: the transform, size, dB range and
+    normalisation."""
+
     kind: Literal["cwt", "stft", "grid", "gaf", "image"] = "cwt"
     policy: Literal["resize", "center_crop", "pad"] = Field(
         "resize", description="how images reach the square size"
@@ -341,6 +352,8 @@ class TransformConfig(Section):
 
 
 class ModelConfig(Section):
+    """The backbone (a name from `models.list_backbones`), its starting weights and input channels."""
+
     backbone: str = "efficientnet_lite0"
     weights: str = Field(
         "imagenet",
@@ -439,6 +452,9 @@ class AugmentConfig(Section):
 
 
 class TrainConfig(Section):
+    """The optimisation shared by every strategy, the seeds and train fractions to sweep, and the
+    strategies themselves."""
+
     epochs: int = Field(6, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -510,6 +526,8 @@ class TrainConfig(Section):
 
 
 class TrackingConfig(Section):
+    """The MLflow store, experiment, registered model name and the alias moved on improvement."""
+
     uri: str | None = Field(
         None, description="MLflow tracking URI; default: env MLFLOW_TRACKING_URI, else ./mlflow.db"
     )
@@ -530,6 +548,8 @@ class TrackingConfig(Section):
 
 
 class ExportConfig(Section):
+    """The ONNX export, its parity tolerance, and the optional INT8/FP16 variants and Triton repository."""
+
     dir: Path = Field(Path("artifacts"), description="where ONNX files and checkpoints are written")
     opset: int = Field(17, ge=17, le=23)
     tolerance: float = Field(
@@ -553,6 +573,8 @@ class ExportConfig(Section):
 
 
 class JobConfig(Section):
+    """A whole job file; validation also checks rules across sections (data vs transform, Nyquist)."""
+
     name: str = Field("gearbox", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     data: DataConfig = DataConfig()
     transform: TransformConfig = TransformConfig()

@@ -18,6 +18,8 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class World:
+    """This process's place in the torchrun process group."""
+
     rank: int
     size: int
     local_rank: int
@@ -48,15 +50,18 @@ def init_from_env() -> World | None:
 
 
 def world() -> World | None:
+    """The world `init_from_env` joined, or None outside a process group."""
     return _WORLD
 
 
 def barrier() -> None:
+    """Wait until every rank gets here (nothing without a process group)."""
     if _WORLD is not None:
         dist.barrier()
 
 
 def shutdown() -> None:
+    """Leave the process group, if one was joined."""
     global _WORLD
     if _WORLD is not None:
         dist.destroy_process_group()

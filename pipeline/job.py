@@ -32,6 +32,8 @@ from pipeline.trials import run_trials, training_plan, trial_name
 
 @dataclass
 class JobResult:
+    """What `run_job` did: the trials, the best one, its ONNX export and its registration."""
+
     parent_run_id: str
     trials: list[TrialResult]
     best: TrialResult

@@ -112,6 +112,10 @@ def examples_figure(
 def bar_figure(
     groups: Sequence[str], means: Sequence[float], stds: Sequence[float], *, ylabel: str, title: str
 ) -> Figure:
+    """One bar per group at its mean, with a std error bar and the mean written above.
+
+    The y axis is fixed to 0-1.1: made for accuracies and scores.
+    """
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 1.3 * len(groups)), 3.6))
     colours = [f"C{i}" for i in range(len(groups))]
     bars = ax.bar(groups, means, yerr=stds, capsize=5, color=colours)

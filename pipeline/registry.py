@@ -24,6 +24,8 @@ TOTAL_TAG = "test_total"
 
 @dataclass(frozen=True)
 class Registration:
+    """A registered version and the alias it got (`alias`, or ``challenger``), with the reason why."""
+
     name: str
     version: str
     alias: str

@@ -52,14 +52,17 @@ class Aggregate:
     trials: tuple[TrialResult, ...]
 
     def stat(self, name: str) -> tuple[float, float]:
+        """Mean and sample standard deviation of field `name` over the trials (std 0 for one trial)."""
         values = np.array([getattr(t, name) for t in self.trials], dtype=float)
         return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
     def cell(self, name: str) -> str:
+        """``mean ± std`` of field `name` for the table (the mean alone for one trial)."""
         mean, std = self.stat(name)
         return f"{mean:.3f}" if len(self.trials) == 1 else f"{mean:.3f} ± {std:.3f}"
 
     def cells(self) -> list[str]:
+        """This aggregate's row of the comparison table, in the order of `HEADERS`."""
         return [
             self.strategy,
             self.weights,
@@ -106,12 +109,14 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (cells are not escaped)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def trials_csv(trials: Sequence[TrialResult]) -> str:
+    """One CSV row per trial with every field of `TrialResult` but its history."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
     writer.writeheader()
@@ -212,6 +217,7 @@ def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, 
 
 
 def mean_history(trials: tuple[TrialResult, ...]) -> list[dict[str, float]]:
+    """Per epoch of the first trial, the mean over trials of train loss, val loss and val accuracy."""
     keys = ("train_loss", "val_loss", "val_accuracy")
     return [
         {k: float(np.mean([t.history[e][k] for t in trials])) for k in keys}

@@ -22,6 +22,8 @@ from pipeline.metrics import classification_metrics
 
 @dataclass
 class TrainResult:
+    """What `fit` measured: one row of metrics per epoch and the best epoch (0-based) by validation."""
+
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     best_score: float = -math.inf
@@ -70,6 +72,7 @@ def batches(
 def predict_logits(
     model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, device: torch.device = torch.device("cpu")
 ) -> torch.Tensor:
+    """(N, classes) float32 logits on the CPU, in input order; leaves `model` in eval mode."""
     model.eval()
     outs = [model(x[idx].to(device, non_blocking=True)).float().cpu() for idx in batches(len(x), batch_size)]
     return torch.cat(outs) if outs else torch.zeros((0, 0))
@@ -128,6 +131,10 @@ def strategy_groups(
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over `groups`, which carry their own rates and weight decay.
+
+    SGD is Nesterov only with a non-zero momentum: torch refuses Nesterov without momentum.
+    """
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             groups, lr=groups[0]["lr"], momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
@@ -489,6 +496,7 @@ def fit(
 
 
 def best_checkpoint_path(checkpoint: Path) -> Path:
+    """Where `fit` keeps the best epoch's weights: ``<stem>.best<suffix>`` next to `checkpoint`."""
     return checkpoint.with_name(f"{checkpoint.stem}.best{checkpoint.suffix}")
 
 
@@ -505,4 +513,5 @@ def save_checkpoint(path: Path, **state: Any) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed torch's global generators (CPU and every CUDA device)."""
     torch.manual_seed(seed)

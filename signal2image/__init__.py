@@ -1,4 +1,8 @@
-"""Signal-to-image transforms: the same code runs in training and in the service."""
+"""Signal-to-image transforms (CWT, STFT, grid, GAF, image), raw-signal preparation, image decoding.
+
+The same code runs in training and in the service, which rebuilds a model's transform with `from_dict`.
+Dependency rule: signal2image imports no other package of this project (not models, deploy or pipeline).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ _TRANSFORMS: dict[str, type[Any]] = {
 
 
 def list_transforms() -> list[str]:
+    """The transform kinds `from_dict` accepts, sorted (``cwt``, ``gaf``, ...)."""
     return sorted(_TRANSFORMS)
 
 

@@ -29,6 +29,11 @@ def channel_stats(unit_images: torch.Tensor) -> tuple[tuple[float, ...], tuple[f
 
 
 def check_stats(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> None:
+    """Check that `channels` is 1 or 3 and that `mean` and `std` hold one value per channel.
+
+    Raises:
+        ValueError: naming the wrong setting.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
     if len(mean) != channels or len(std) != channels:

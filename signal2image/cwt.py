@@ -64,6 +64,7 @@ class CwtTransform(SignalToImage):
         return {"wavelet": self.wavelet, "f_min": self.f_min, "f_max": self.f_max, "n_scales": self.n_scales}
 
     def frequencies(self, n_samples: int) -> np.ndarray:
+        """The `n_scales` log-spaced frequencies from `f_min` to `f_max` Hz (whatever `n_samples`)."""
         return self.frequencies_
 
     def filter_bank(self, length: int) -> CwtFilterBank:

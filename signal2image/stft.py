@@ -39,9 +39,15 @@ class StftTransform(SignalToImage):
         return {"nperseg": self.nperseg, "hop": self.hop, "window": self.window}
 
     def frequencies(self, n_samples: int) -> np.ndarray:
+        """The ``nperseg // 2 + 1`` FFT bin frequencies in Hz, from 0 up to fs/2 (whatever `n_samples`)."""
         return np.fft.rfftfreq(self.nperseg, d=1 / self.fs)
 
     def magnitude(self, windows: np.ndarray) -> torch.Tensor:
+        """(N, L) -> (N, nperseg // 2 + 1, frames) |STFT|, ``frames = 1 + (L - nperseg) // hop``.
+
+        Raises:
+            ValueError: the windows are shorter than `nperseg`.
+        """
         x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         if x.shape[-1] < self.nperseg:
             raise ValueError(f"windows of {x.shape[-1]} samples are shorter than nperseg={self.nperseg}")

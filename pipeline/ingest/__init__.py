@@ -1,4 +1,8 @@
-"""Ingest: sources of recordings, leakage-safe splits, windowing."""
+"""Ingest: the data sources (simulator, folder or manifest of files, UCR, images), leakage-safe
+splits of whole recordings or parts, and windowing.
+
+`load_recordings` picks the signal source the config names.
+"""
 
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ SPLIT_VALUES = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One row of a manifest CSV, checked: a path and a label, an optional split, and every cell."""
+
     line: int  # line in the CSV (the header is line 1), for messages
     path: Path  # resolved: relative paths are relative to the manifest's folder
     name: str  # the path as written

@@ -29,6 +29,7 @@ class Split:
     test: tuple[Any, ...]
 
     def parts(self) -> dict[str, tuple[Any, ...]]:
+        """The three splits by name, in the order train, val, test."""
         return {"train": self.train, "val": self.val, "test": self.test}
 
     def report(self) -> dict[str, dict[str, int]]:
