@@ -87,3 +87,49 @@ def test_inferencer_selects_the_trained_channel_and_refuses_non_onnx_files(expor
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(UserError, match="not a loadable ONNX model"):
         OnnxInferencer(tmp_path / "junk.onnx")
+
+
+def test_the_inference_benchmark_times_a_given_export(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", num_classes=4, pretrained=False, in_channels=1).eval()
+    path = tmp_path / "trained.onnx"
+    meta = {"classes": ["a", "b", "c", "d"], "model": {"backbone": "efficientnet_lite0"}}
+    export_onnx(model, torch.randn(4, 1, 32, 32), path, metadata=meta)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "inference_speed.py"),
+            "--model",
+            str(path),
+            "--rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "trained.onnx (efficientnet_lite0) at 1 x 32 x 32" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.strip().startswith("threads")]
+    assert len(rows) == 4 and all("torch eager" in r and "ORT/torch" in r and "INT8/FP32" in r for r in rows)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "inference_speed.py"),
+            "--model",
+            str(tmp_path / "none.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert bad.returncode != 0 and "no such file" in bad.stderr
