@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from deploy.inferencer import OnnxInferencer, choose_providers, cuda_usable
-from deploy.metadata import ModelMetadata
+from deploy.metadata import ModelInfo, ModelMetadata
 from deploy.onnx_export import export_onnx
 from models import build_model
 from pipeline.errors import ExportError, UserError
 from pipeline.train import select_device
-from signal2image import StftTransform
+from signal2image import ImageTransform, StftTransform
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,11 @@ def test_the_inference_benchmark_times_a_given_export(tmp_path):
     torch.manual_seed(0)
     model = build_model("efficientnet_lite0", num_classes=4, pretrained=False, in_channels=1).eval()
     path = tmp_path / "trained.onnx"
-    meta = {"classes": ["a", "b", "c", "d"], "model": {"backbone": "efficientnet_lite0"}}
+    meta = ModelMetadata.for_transform(
+        ["a", "b", "c", "d"],
+        ImageTransform(image_size=32, channels=1, mean=(0.5,), std=(0.5,)),
+        model=ModelInfo(backbone="efficientnet_lite0"),
+    )
     export_onnx(model, torch.randn(4, 1, 32, 32), path, metadata=meta)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
