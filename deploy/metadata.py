@@ -64,6 +64,8 @@ class ModelMetadata:
         window_length, window_hop: signal models: the window in samples (None for image models).
         fs: signal models: the sample rate in Hz.
         channels: signal models: which channels of a file the model reads (indices or names).
+        file_channels: signal models: how many channels the training files had (None: unknown
+            or mixed); a wider request is read by index only when it has as many.
         model: provenance (registry name and version, strategy, runs, data hash).
         metrics: test metrics of the exported trial.
         variant: set on INT8/FP16 variants.
@@ -79,6 +81,7 @@ class ModelMetadata:
     window_hop: int | None = None
     fs: float | None = None
     channels: tuple[int | str, ...] = (0,)
+    file_channels: int | None = None
     model: ModelInfo = field(default_factory=ModelInfo)
     metrics: Mapping[str, float] = field(default_factory=dict)
     variant: Variant | None = None
@@ -101,6 +104,7 @@ class ModelMetadata:
         *,
         window: tuple[int, int] | None = None,
         channels: Sequence[int | str] = (0,),
+        file_channels: int | None = None,
         model: ModelInfo | None = None,
         metrics: Mapping[str, float] | None = None,
     ) -> ModelMetadata:
@@ -125,6 +129,7 @@ class ModelMetadata:
             window_hop=None if is_image or window is None else int(window[1]),
             fs=None if is_image else float(spec["fs"]),
             channels=tuple(channels),
+            file_channels=None if is_image else file_channels,
             model=model or ModelInfo(),
             metrics=dict(metrics or {}),
         )
@@ -148,6 +153,7 @@ class ModelMetadata:
             out["window"] = {"length": self.window_length, "hop": self.window_hop}
             out["fs"] = self.fs
             out["channels"] = list(self.channels)
+            out["file_channels"] = self.file_channels
         if self.variant is not None:
             out["variant"] = {k: v for k, v in dataclasses.asdict(self.variant).items() if v is not None}
         return out
@@ -200,6 +206,7 @@ class ModelMetadata:
                 window_hop=int(window["hop"]),
                 fs=float(doc.get("fs") or transform["fs"]),
                 channels=tuple(c if isinstance(c, str) else int(c) for c in channels),
+                file_channels=None if doc.get("file_channels") is None else int(doc["file_channels"]),
             )
         except MetadataError:
             raise

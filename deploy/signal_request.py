@@ -29,32 +29,37 @@ class RequestError(UserError):
 
 
 def select_channels(
-    signal: np.ndarray, wanted: Sequence[int | str], names: Sequence[str] | None = None
+    signal: np.ndarray,
+    wanted: Sequence[int | str],
+    names: Sequence[str] | None = None,
+    file_channels: int | None = None,
 ) -> np.ndarray:
     """(channels, samples) -> the model's channels `wanted`, in its order.
 
-    The rule, in order: channels named in the file (`names`) or given by index are picked; a
-    signal with exactly the model's number of channels is taken as it is (the sender picked
-    them); a wider one gives the model's channels by index.
+    The rule, in order: channels the model names are picked by name from a file that has them
+    (`names`); a signal with exactly the model's number of channels is taken as it is (the sender
+    picked them); a wider one gives the model's channels by index only when it has as many channels
+    as the model's training files had (`file_channels`, from the metadata). Anything else is
+    refused rather than guessed: a (16, 4096) array may be 16 sensors or 16 stacked windows.
 
     Raises:
         RequestError: (field ``data``) the signal has neither the model's channels nor their number.
     """
     n = signal.shape[0]
-    if names is not None and all(
-        (isinstance(c, str) and c in names) or (isinstance(c, int) and c < n) for c in wanted
-    ):
-        rows = [list(names).index(c) if isinstance(c, str) else c for c in wanted]
-        return signal[rows]
+    by_name = names is not None and any(isinstance(c, str) for c in wanted)
+    if by_name and all(c in names if isinstance(c, str) else c < n for c in wanted):  # type: ignore[operator]
+        return signal[[list(names).index(c) if isinstance(c, str) else c for c in wanted]]  # type: ignore[arg-type]
     if n == len(wanted):
         return signal
-    if all(isinstance(c, int) for c in wanted) and max(int(c) for c in wanted) < n:
-        return signal[[int(c) for c in wanted]]
+    indices = [c for c in wanted if isinstance(c, int)]
+    if len(indices) == len(wanted) and max(indices) < n and n == file_channels:
+        return signal[indices]
     named = f" (the file's channels: {list(names)})" if names is not None else ""
+    trained = f" of {file_channels}-channel recordings" if file_channels else ""
     raise RequestError(
         "data",
-        f"the signal has {n} channel(s){named}; the model was trained on {len(wanted)} channel(s) "
-        f"{list(wanted)}: send exactly those",
+        f"the signal has {n} channel(s){named}; the model reads {len(wanted)} channel(s) {list(wanted)}"
+        f"{trained}: send exactly those (rows of separate windows or recordings go in separate requests)",
     )
 
 
@@ -81,7 +86,8 @@ def prepare_signal(
     """
     if meta.is_image or meta.fs is None or meta.window_length is None or meta.window_hop is None:
         raise RequestError("path", "this model classifies images, not signals")
-    signal = select_channels(np.atleast_2d(np.asarray(signal, dtype=np.float32)), meta.channels, names)
+    signal = np.atleast_2d(np.asarray(signal, dtype=np.float32))
+    signal = select_channels(signal, meta.channels, names, meta.file_channels)
     if fs is not None and abs(fs - meta.fs) > 1e-6 * meta.fs:
         if not resample_rate:
             raise RequestError(
@@ -104,7 +110,8 @@ def prepare_signal(
         )
     if meta.transform.get("signal_norm") == "recording":  # the request's signal is the recording
         peak = float(np.max(np.abs(signal)))
-        signal = zscore(signal)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, not warned
+            signal = zscore(signal)
         if not np.isfinite(signal).all():
             raise RequestError(
                 "data",

@@ -95,6 +95,8 @@ def save(
     transform: dict[str, Any],
     window: dict[str, int],
     conditions: dict[str, Any],
+    *,
+    file_channels: int | None = None,
 ) -> None:
     """Write the prepared data atomically (a half-written entry is never found).
 
@@ -109,6 +111,7 @@ def save(
             "transform": transform,
             "window": window,
             "conditions": conditions,
+            "file_channels": file_channels,
             "splits": {},
         }
         for name in SPLIT_NAMES:
@@ -141,6 +144,7 @@ def load(
         dict[str, Any],
         dict[str, int],
         dict[str, Any],
+        int | None,
     ]
     | None
 ):
@@ -174,4 +178,5 @@ def load(
         meta["transform"],
         meta["window"],
         meta["conditions"],
+        meta.get("file_channels"),
     )

@@ -49,9 +49,9 @@ class PreparedData:
     seconds: float
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     window: dict[str, int] | None = None  # signals: {"length": samples, "hop": samples}
-    conditions: dict[str, Any] = field(
-        default_factory=dict
-    )  # how the split was made, and the held-out condition values
+    # how the split was made, and the held-out condition values
+    conditions: dict[str, Any] = field(default_factory=dict)
+    file_channels: int | None = None  # signals: channels of every source file (None: they differ)
 
     @property
     def is_image(self) -> bool:
@@ -110,7 +110,7 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         folder = cfg.data.cache_dir / cache.cache_key(cfg, spec)
         hit = cache.load(folder)
     if hit is not None:
-        classes, split, windows, images, skipped, spec, window, conditions = hit
+        classes, split, windows, images, skipped, spec, window, conditions, file_channels = hit
         for name, ws in windows.items():
             echo(
                 f"  {name:5s}: {len(split.parts()[name]):4d} recordings -> {len(ws):6d} windows -> "
@@ -127,6 +127,7 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
             skipped,
             window,
             conditions,
+            file_channels,
         )
     dropped: dict[str, list[str]] = {}
     recordings = load_recordings(cfg.data, dropped)
@@ -137,6 +138,8 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
             f"{', '.join(p for p, _ in skipped[:5])}"
         )
     classes = list(dict.fromkeys(r.label for r in recordings))
+    counts = {r.file_channels or r.signal.shape[0] for r in recordings}
+    file_channels = counts.pop() if len(counts) == 1 else None
     # UCR: the archive's own test part stays the test split; a manifest's split column is used as is.
     split = split_recordings(recordings, cfg.data.split, official_test=cfg.data.source == "ucr")
     conditions = _split_conditions(cfg, split)
@@ -197,6 +200,7 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
                 transform.to_dict(),
                 {"length": length, "hop": hop},
                 conditions,
+                file_channels=file_channels,
             )
         except OSError as exc:  # a full or read-only disk must not stop the job
             echo(f"  warning: could not write the cache {folder} ({exc.strerror})")
@@ -210,6 +214,7 @@ def _prepare_signals(cfg: JobConfig, echo: Callable[[str], None]) -> PreparedDat
         skipped,
         {"length": length, "hop": hop},
         conditions,
+        file_channels,
     )
 
 

@@ -37,6 +37,7 @@ def model_metadata(
         data.transform,
         window=None if data.is_image else (window["length"], window["hop"]),
         channels=data_channels(cfg),
+        file_channels=data.file_channels,
         model=ModelInfo(
             name=cfg.tracking.registered_model,
             version=version,

@@ -144,6 +144,7 @@ def read_folder(config: FolderConfig, report: dict[str, list[str]] | None = None
                 fs=float(fs),
                 condition=condition,
                 unit=cells.get("recording", ""),
+                file_channels=int(loaded.data.shape[0]),
             )
         )
     if report is not None:

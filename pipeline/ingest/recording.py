@@ -19,6 +19,8 @@ class Recording:
         condition: operating condition (rpm, load, ...) and other per-recording facts.
         unit: the physical recording the split keeps together (default: `id`; a manifest's
             recording column can join several files, e.g. segments of one run).
+        file_channels: how many channels the file it was read from had (0: as many as `signal`),
+            so a prediction can tell a file like the training ones from a stack of windows.
     """
 
     id: str
@@ -27,6 +29,7 @@ class Recording:
     fs: float
     condition: dict[str, float | str] = field(default_factory=dict)
     unit: str = ""
+    file_channels: int = 0
 
     def __post_init__(self) -> None:
         if not self.unit:
