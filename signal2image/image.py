@@ -1,13 +1,16 @@
-"""Preprocessing of defect images to network input; describes itself like the signal transforms."""
+"""Preprocessing of defect images to network input; describes itself like the signal transforms.
+
+Resizing is OpenCV's (`resize_image`), the same in training and in the service.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from signal2image.base import channel_stats, check_stats, normalise
 
@@ -64,44 +67,37 @@ class ImageTransform:
         return self.fit_sizes([image])[0]
 
     def fit_sizes(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Decoded images -> (N, 3, S, S) in [0, 1]; images of one shape are resized as one batch."""
-        out = torch.empty((len(images), 3, self.image_size, self.image_size), dtype=torch.float32)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        arrays = []
+        """Decoded images -> (N, 3, S, S) in [0, 1], each resized by `resize_image` (OpenCV)."""
+        s = self.image_size
+        out = torch.empty((len(images), 3, s, s), dtype=torch.float32)
+        planes = out.numpy()  # the same memory
         for i, image in enumerate(images):
             arr = np.asarray(image, dtype=np.float32)
-            if arr.ndim == 2:
-                arr = arr[:, :, None]
-            if arr.ndim != 3 or arr.shape[2] not in (1, 3):
-                raise ValueError(f"an image must be (H, W) or (H, W, 3), got shape {arr.shape}")
-            arrays.append(arr)
-            groups.setdefault(arr.shape, []).append(i)
-        for members in groups.values():
-            x = torch.from_numpy(
-                np.ascontiguousarray(np.stack([arrays[i] for i in members]).transpose(0, 3, 1, 2))
-            )  # (n, C, H, W)
-            sized = self._sized(x)
-            out[members] = sized.expand(-1, 3, -1, -1) if sized.shape[1] == 1 else sized
+            if arr.ndim == 3 and arr.shape[2] == 1:
+                arr = arr[:, :, 0]
+            if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+                raise ValueError(f"an image must be (H, W) or (H, W, 3), got shape {np.shape(image)}")
+            sized = self._sized(arr)
+            planes[i] = sized if sized.ndim == 2 else sized.transpose(2, 0, 1)  # grey fills all three
         return out
 
-    def _sized(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+    def _sized(self, x: np.ndarray) -> np.ndarray:
+        """(H, W) or (H, W, 3) -> (S, S) or (S, S, 3) by the policy."""
+        h, w = x.shape[:2]
         s = self.image_size
         if self.policy == "resize":
-            return _resize(x, s, s)
+            return resize_image(x, s, s)
         if self.policy == "center_crop":
             scale = s / min(h, w)
-            x = _resize(x, max(s, round(h * scale)), max(s, round(w * scale)))
-            top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
-            return x[..., top : top + s, left : left + s]
+            x = resize_image(x, max(s, round(h * scale)), max(s, round(w * scale)))
+            top, left = (x.shape[0] - s) // 2, (x.shape[1] - s) // 2
+            return x[top : top + s, left : left + s]
         scale = s / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        x = _resize(x, nh, nw)
-        canvas = (
-            x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, x.shape[1], s, s).clone()
-        )  # pad with each image's mean
+        x = resize_image(x, nh, nw)
+        canvas = np.full((s, s, *x.shape[2:]), x.mean(), dtype=np.float32)  # pad with the image's mean
         top, left = (s - nh) // 2, (s - nw) // 2
-        canvas[..., top : top + nh, left : left + nw] = x
+        canvas[top : top + nh, left : left + nw] = x
         return canvas
 
     def _channels(self, batch: torch.Tensor) -> torch.Tensor:
@@ -121,7 +117,29 @@ class ImageTransform:
         return self.normalise(self.fit_sizes(images))
 
 
-def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    if x.shape[-2:] == (h, w):
-        return x
-    return F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+def resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize a float image (H, W) or (H, W, C) to (h, w): the one resampling of every policy.
+
+    Shrinking uses OpenCV's INTER_AREA (each output pixel the area-weighted mean of the input pixels
+    it covers: no aliasing of fine texture such as scratches); enlarging uses INTER_LINEAR, the
+    bilinear interpolation the transform used before OpenCV, so upscaled inputs keep the values
+    earlier models were trained on, and which, unlike INTER_CUBIC, cannot overshoot [0, 1]. When one
+    axis shrinks and the other grows, each gets its own pass (INTER_AREA only averages when both
+    shrink).
+    """
+    ih, iw = image.shape[:2]
+    if (ih, iw) == (h, w):
+        return image
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if h <= ih and w <= iw:
+        out = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    elif h >= ih and w >= iw:
+        out = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    else:
+        shrunk = (w, ih) if w < iw else (iw, h)
+        out = cv2.resize(
+            cv2.resize(image, shrunk, interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_LINEAR
+        )
+    if out.ndim < image.ndim:  # OpenCV drops a last axis of length 1
+        out = out[..., None]
+    return np.clip(out, 0.0, 1.0, out=out)

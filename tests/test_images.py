@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import json
 
+import cv2
 import mlflow
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.augment import make_augment
 from pipeline.config import AugmentConfig, SplitConfig, load_config
@@ -19,7 +20,7 @@ from pipeline.ingest.images import decode_image, read_image_folder, read_image_m
 from pipeline.ingest.split import LeakageError, Split, assert_disjoint, split_given, split_units
 from pipeline.metrics import per_class_metrics
 from pipeline.train import batches
-from signal2image import ImageTransform, from_dict
+from signal2image import ImageTransform, from_dict, imageio
 from tests.conftest import run_cli, write_config
 
 
@@ -70,6 +71,87 @@ def test_decode_scales_by_bit_depth_and_honours_exif(tmp_path):
         decode_image(tmp_path / "bad.png")
     with pytest.raises(ValueError):
         decode_image(b"hello")
+
+
+def _no_pillow(monkeypatch):
+    """Make the Pillow fallback fail loudly: what follows must be OpenCV's decoding."""
+
+    def refuse(data):
+        raise AssertionError("decoded by Pillow, not OpenCV")
+
+    monkeypatch.setattr(imageio, "_decode_pillow", refuse)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_opencv_applies_exif_orientation(tmp_path, monkeypatch, orientation):
+    _no_pillow(monkeypatch)
+    stored = np.zeros((16, 24, 3), np.uint8)
+    stored[:8, :, 0] = 255  # red top half, green left third: every rotation and flip differs
+    stored[:, :8, 1] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "o.jpg", exif=exif, quality=95)
+    data = (tmp_path / "o.jpg").read_bytes()
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape == (16, 24, 3)
+    shown = {3: np.rot90(stored, 2), 6: np.rot90(stored, -1), 8: np.rot90(stored, 1)}[orientation]
+    got = decode_image(tmp_path / "o.jpg")
+    assert got.shape == shown.shape and np.abs(got - shown / 255.0).mean() < 0.02
+    with Image.open(tmp_path / "o.jpg") as img:  # Pillow's reading, as before OpenCV
+        assert np.allclose(got, np.asarray(ImageOps.exif_transpose(img)) / 255.0, atol=2 / 255)
+
+
+def test_opencv_16_bit_grey_png_is_exact_and_grey_round_trips(tmp_path, monkeypatch):
+    _no_pillow(monkeypatch)
+    grey16 = np.random.default_rng(0).integers(0, 65536, (37, 53), dtype=np.uint16)
+    grey16[0, :2] = (0, 65535)
+    cv2.imwrite(str(tmp_path / "g16.png"), grey16)
+    got = decode_image(tmp_path / "g16.png")
+    assert got.dtype == np.float32 and got.shape == (37, 53)
+    assert np.array_equal(got, grey16.astype(np.float32) / np.float32(65535))
+    grey8 = np.random.default_rng(1).integers(0, 256, (29, 31), dtype=np.uint8)
+    Image.fromarray(grey8).save(tmp_path / "g8.png")
+    Image.fromarray(grey8).convert("RGB").save(tmp_path / "g8rgb.png")  # grey in a colour container
+    for name in ("g8.png", "g8rgb.png"):
+        got = decode_image(tmp_path / name)
+        assert got.shape == (29, 31) and np.array_equal(np.round(got * 255).astype(np.uint8), grey8)
+        Image.fromarray(np.round(got * 255).astype(np.uint8)).save(tmp_path / "again.png")
+        assert np.array_equal(decode_image(tmp_path / "again.png"), got)
+
+
+def test_opencv_colour_png_alpha_over_white_and_truncated_png(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    rgba[0, 0, 3], rgba[0, 1, 3] = 0, 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    with monkeypatch.context() as m:
+        _no_pillow(m)
+        got = decode_image(tmp_path / "a.png")
+    alpha = rgba[..., 3:] / 255.0
+    assert got.shape == (20, 30, 3)
+    assert np.allclose(got, rgba[..., :3] / 255.0 * alpha + (1 - alpha), atol=1e-6)
+    assert np.allclose(got[0, 0], 1.0) and np.allclose(got[0, 1], rgba[0, 1, :3] / 255.0)
+    # TIFF with alpha goes to Pillow (libtiff's RGBA reader premultiplies): the same composite.
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.tif")
+    assert np.allclose(decode_image(tmp_path / "a.tif"), got, atol=1 / 255)
+    whole = (tmp_path / "a.png").read_bytes()
+    for cut in (60, len(whole) // 2, len(whole) - 40):  # into the pixel data
+        with pytest.raises(ValueError, match="truncated"):
+            decode_image(whole[:cut])
+    with pytest.raises(ValueError, match="not an image"):
+        decode_image(b"GIF89a but not really")
+
+
+@pytest.mark.parametrize("shape", [(200, 150, 3), (97, 131)])
+def test_shrinking_equals_opencv_inter_area(shape):
+    image = np.random.default_rng(3).random(shape).astype(np.float32)
+    got = ImageTransform(image_size=64, policy="resize").fit_size(image).numpy()
+    want = np.clip(cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA), 0, 1)
+    want = want.transpose(2, 0, 1) if want.ndim == 3 else np.broadcast_to(want, (3, 64, 64))
+    assert np.array_equal(got, want)
+    # One axis shrinks, the other grows: area-averaged along the shrinking one (no aliasing).
+    stripes = np.zeros((100, 10), np.float32)
+    stripes[::2] = 1
+    assert np.allclose(ImageTransform(image_size=20).fit_size(stripes)[0].numpy(), 0.5, atol=0.1)
 
 
 @pytest.mark.parametrize("policy", ["resize", "center_crop", "pad"])

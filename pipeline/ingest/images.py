@@ -1,21 +1,20 @@
 """Defect images in: a folder per class, a manifest CSV, or the ELPV solar-cell set.
 
-Images are decoded with EXIF orientation applied and scaled to float [0, 1] by their bit depth
-(8-bit, 16-bit and 32-bit integer, float); grayscale stays one channel, colour becomes RGB.
+Images are decoded by `signal2image.imageio.decode_image` (OpenCV; re-exported here): EXIF
+orientation applied, float [0, 1] by bit depth, grayscale one channel, colour RGB, alpha over white.
 Unreadable files are skipped and reported, never a crash.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import UserError
 from pipeline.ingest.manifest import read_manifest
+from signal2image.imageio import decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -36,45 +35,6 @@ class ImageSample:
 class ImageIngest:
     samples: list[ImageSample]
     skipped: list[tuple[str, str]]  # (path, reason) of unreadable files
-
-
-def decode_image(source: str | Path | bytes) -> np.ndarray:
-    """Decode a file or bytes to float32 in [0, 1]: (H, W) for grayscale, (H, W, 3) for colour.
-
-    Raises:
-        ValueError: not an image, or truncated/corrupt.
-    """
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_float(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(str(exc) or type(exc).__name__) from None
-
-
-def _to_float(img: Image.Image) -> np.ndarray:
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(img, dtype=np.float32) / 65535.0
-    if mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() <= 65535 else float(2**31 - 1)
-        return (np.clip(arr, 0, None) / top).astype(np.float32)
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if mode in ("1", "L", "LA"):
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    if mode in ("RGBA", "PA", "P") and ("transparency" in img.info or mode != "P"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-        return rgb[..., 0]  # colour container holding a grey image
-    return rgb
 
 
 def decode_all(samples: list[ImageSample], convert) -> tuple[list[ImageSample], list, list[tuple[str, str]]]:
@@ -107,16 +67,16 @@ def read_image_folder(root: Path) -> ImageIngest:
         files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise UserError(
-                f"class {class_dir.name!r} ({class_dir}) holds no image ({', '.join(IMAGE_SUFFIXES)}); add "
-                "images or remove the folder"
+                f"class {class_dir.name!r} ({class_dir}) holds no image ({', '.join(IMAGE_SUFFIXES)}); "
+                "add images or remove the folder"
             )
         for file in files:
             rel = str(file.relative_to(root))
             samples.append(ImageSample(id=rel, label=class_dir.name, path=file, group=rel))
     if len(classes) < 2:
         raise UserError(
-            f"data.images.path: {str(root)!r} has {len(classes)} class folder(s); it needs one sub-folder "
-            "per class, at least two"
+            f"data.images.path: {str(root)!r} has {len(classes)} class folder(s); "
+            "it needs one sub-folder per class, at least two"
         )
     return ImageIngest(samples, skipped)
 
@@ -142,8 +102,8 @@ def read_image_manifest(manifest: Path) -> ImageIngest:
         )
     if len({s.label for s in samples}) < 2:
         raise UserError(
-            f"{manifest}: images of {len({s.label for s in samples})} class(es) found; at least two are "
-            "needed"
+            f"{manifest}: images of {len({s.label for s in samples})} class(es) found; "
+            "at least two are needed"
         )
     return ImageIngest(samples, skipped)
 
