@@ -126,9 +126,9 @@ def _decode_pillow(data: bytes) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            img = ImageOps.exif_transpose(opened)
             mode = img.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 return np.asarray(img).astype(np.uint16)

@@ -43,7 +43,8 @@ def test_channels_by_name_by_count_and_by_index_only_for_files_like_the_training
     assert np.array_equal(select_channels(sig, ["FE"], ["DE", "FE", "BA"]), sig[[1]])
     assert np.array_equal(select_channels(sig[:1], [2]), sig[:1])  # the sender picked the one channel
     assert np.array_equal(select_channels(sig, [2], file_channels=3), sig[[2]])
-    with pytest.raises(RequestError, match=r"has 3 channel\(s\); the model reads 1 channel\(s\) \[2\]") as err:
+    refused = r"has 3 channel\(s\); the model reads 1 channel\(s\) \[2\]"
+    with pytest.raises(RequestError, match=refused) as err:
         select_channels(sig, [2], file_channels=1)
     assert err.value.field == "data"
     with pytest.raises(RequestError, match="the file's channels"):
