@@ -21,7 +21,8 @@ def exported(tmp_path_factory):
     windows = np.random.default_rng(0).standard_normal((6, 512)).astype(np.float32)
     inputs = transform(windows)
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
-    meta = ModelMetadata.for_transform(["a", "b", "c"], transform, window=(512, 256))
+    # trained on channel 0 of two-channel recordings: a two-channel signal is read by index
+    meta = ModelMetadata.for_transform(["a", "b", "c"], transform, window=(512, 256), file_channels=2)
     report = export_onnx(model, inputs, path, metadata=meta)
     return model, transform, windows, inputs, path, report
 
