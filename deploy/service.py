@@ -2,6 +2,8 @@
 
 Requests are gathered by a micro-batcher (up to `max_batch` windows or images, or `max_wait_ms`)
 and run as one batch: the signal-to-image transform and the network both see the whole batch.
+A request larger than a batch is split across batches, fairly (see `Batcher`). Bodies, windows,
+pixels and body time are bounded (`ServiceSettings`); images decode off the event loop.
 Everything that can be done once is done at start-up or on reload: the ONNX Runtime session, the
 transform (with its CWT filter bank), the parsed metadata, a warm-up batch.
 
@@ -288,7 +290,8 @@ class Batcher:
             pieces = await self._gather()
             try:
                 await self._run(pieces)
-            except Exception as exc:  # noqa: BLE001 - the batcher must outlive any batch; every request gets an answer
+            # the batcher must outlive any batch, and every request gets an answer
+            except Exception as exc:  # noqa: BLE001
                 log.exception("batch of %d request(s) failed", len(pieces))
                 for piece in pieces:
                     if not piece.request.future.done():
