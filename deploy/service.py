@@ -2,6 +2,8 @@
 
 Requests are gathered by a micro-batcher (up to `max_batch` windows or images, or `max_wait_ms`)
 and run as one batch: the signal-to-image transform and the network both see the whole batch.
+A request larger than a batch is split across batches, fairly (see `Batcher`). Bodies, windows,
+pixels and body time are bounded (`ServiceSettings`); images decode off the event loop.
 Everything that can be done once is done at start-up or on reload: the ONNX Runtime session, the
 transform (with its CWT filter bank), the parsed metadata, a warm-up batch.
 
@@ -36,8 +38,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from starlette.exceptions import HTTPException
 
 from deploy.inferencer import OnnxInferencer
+from deploy.limits import image_pixels, reload_allowed
 from deploy.signal_request import RequestError, probabilities
 from signal2image.errors import UserError
 from signal2image.imageio import decode_image
@@ -45,6 +49,8 @@ from signal2image.imageio import decode_image
 log = logging.getLogger("pipeline.serve")
 disable_created_metrics()  # no *_created series: they double the exposition and nobody graphs them
 
+INLINE_BODY_BYTES = 64 << 10  # larger signal bodies are parsed and cut in a worker thread
+RELOAD_BODY_BYTES = 1 << 16
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp", "application/octet-stream")
 
 
@@ -61,6 +67,12 @@ class ServiceSettings:
         api_key: when set, required (header ``X-API-Key``) for reload, and for predict when
             `protect_predict`.
         max_body_bytes: larger request bodies get 413.
+        max_windows: most windows (signal) or images per request; more get 413.
+        max_pixels: most pixels per image, and in all the images of one request, read from the
+            headers before decoding; more get 413.
+        body_timeout_s: longest wait for the next chunk of a request body; then 408.
+        model_root: reload may load .onnx files inside this folder (symlinks resolved); None: only
+            registry URIs and the source the service started with.
         resample: a signal at another sample rate is resampled (polyphase) instead of refused.
         threads: ONNX Runtime intra-op threads (None: ONNX Runtime's default).
         providers: execution providers (None: CUDA when usable, else the CPU).
@@ -74,6 +86,10 @@ class ServiceSettings:
     api_key: str | None = None
     protect_predict: bool = False
     max_body_bytes: int = 16 << 20
+    max_windows: int = 1024
+    max_pixels: int = 40_000_000
+    body_timeout_s: float = 10.0
+    model_root: str | None = None
     resample: bool = False
     threads: int | None = None
     providers: list[str] | None = None
@@ -140,18 +156,48 @@ class Metrics:
         )
 
 
-@dataclass
-class _Job:
+@dataclass(eq=False)
+class _Request:
+    """One request in the batcher's line: its inputs are handed out in pieces of at most `max_batch`,
+    and its answer is assembled, in order, when every piece has run."""
+
     inputs: Any  # raw windows (n, C, L) as an array, or decoded images as a list
     kind: str  # "windows" or "images"
     inferencer: OnnxInferencer  # the model the request was checked against: it also runs it
     enqueued: float
+    seq: int  # arrival order (ties of the fair order)
     future: asyncio.Future[np.ndarray] = field(repr=False)
+    taken: int = 0  # inputs handed to model runs so far
+    done: int = 0  # inputs whose run has finished
+    probs: np.ndarray | None = None
+    problems: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    request: _Request
+    start: int
+    stop: int
+
+    @property
+    def inputs(self) -> Any:
+        whole = self.start == 0 and self.stop == self.request.size
+        return self.request.inputs if whole else self.request.inputs[self.start : self.stop]
 
 
 class Batcher:
-    """Gathers concurrent requests into batches of at most `max_batch` samples and runs each batch
-    in one worker thread (the event loop stays free to accept requests meanwhile)."""
+    """Gathers concurrent requests into model runs of at most `max_batch` samples, run one at a time
+    in one worker thread (the event loop stays free to accept requests meanwhile).
+
+    Fairness: a request larger than the room left in a run is split; each run is filled from the
+    waiting requests in the order of the fewest inputs served so far (then arrival), so a small
+    request never waits behind more than the run in progress and one more, however large the other
+    clients' requests are. A split request's answer is assembled in the order of its inputs.
+    """
 
     def __init__(
         self,
@@ -169,10 +215,11 @@ class Batcher:
             enabled,
             metrics,
         )
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.line: list[_Request] = []  # requests with inputs not yet handed to a run
+        self.arrived = asyncio.Event()
+        self.seq = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.task: asyncio.Task[None] | None = None
-        self.pending: _Job | None = None  # a request that did not fit the last batch opens the next
 
     def start(self) -> None:
         """Start the batching loop on the running event loop (call from inside it, e.g. the lifespan)."""
@@ -188,78 +235,111 @@ class Batcher:
         self.executor.shutdown(wait=True)
 
     async def submit(self, inferencer: OnnxInferencer, kind: str, inputs: Any) -> np.ndarray:
+        """The probabilities of `inputs` (in their order), run in one or more batches."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(inputs, kind, inferencer, time.perf_counter(), future))
+        self.seq += 1
+        self.line.append(_Request(inputs, kind, inferencer, time.perf_counter(), self.seq, future))
+        self.arrived.set()
         return await future
 
-    async def _gather(self) -> list[_Job]:
-        first, self.pending = self.pending, None
-        batch = [first if first is not None else await self.queue.get()]
-        size = len(batch[0].inputs)
-        if not self.enabled:
-            return batch
-        deadline = time.perf_counter() + self.max_wait
-        while size < self.max_batch:
-            remaining = deadline - time.perf_counter()
-            try:
-                job = (
-                    self.queue.get_nowait()
-                    if remaining <= 0
-                    else await asyncio.wait_for(self.queue.get(), remaining)
-                )
-            except (TimeoutError, asyncio.QueueEmpty):
+    def _take(self, pieces: list[_Piece], size: int) -> int:
+        """Add pieces of the waiting requests to the run being gathered, fewest served first; returns
+        the run's new size."""
+        for request in sorted(self.line, key=lambda r: (r.taken, r.seq)):
+            if size >= self.max_batch or (pieces and not self.enabled):
                 break
-            if (
-                size + len(job.inputs) > self.max_batch
-                or job.kind != batch[0].kind
-                or job.inferencer is not batch[0].inferencer
+            if request.future.done():  # failed or cancelled meanwhile: nothing left to run for it
+                self.line.remove(request)
+                continue
+            if pieces and (
+                request.kind != pieces[0].request.kind
+                or request.inferencer is not pieces[0].request.inferencer
             ):
-                self.pending = job
+                continue  # another model or kind (a reload happened): it opens a later run
+            count = min(self.max_batch - size, request.size - request.taken)
+            pieces.append(_Piece(request, request.taken, request.taken + count))
+            request.taken += count
+            size += count
+            if request.taken == request.size:
+                self.line.remove(request)
+        return size
+
+    async def _gather(self) -> list[_Piece]:
+        pieces: list[_Piece] = []
+        size = 0
+        while not pieces:
+            while not self.line:
+                self.arrived.clear()
+                await self.arrived.wait()
+            size = self._take(pieces, 0)
+        deadline = time.perf_counter() + self.max_wait
+        while self.enabled and size < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
                 break
-            batch.append(job)
-            size += len(job.inputs)
-        return batch
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                break
+            size = self._take(pieces, size)
+        return pieces
 
     async def _loop(self) -> None:
         while True:
-            batch = await self._gather()
+            pieces = await self._gather()
             try:
-                await self._run(batch)
-            except Exception as exc:  # noqa: BLE001 - the batcher must outlive any batch; every request gets an answer
-                log.exception("batch of %d request(s) failed", len(batch))
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                await self._run(pieces)
+            # the batcher must outlive any batch, and every request gets an answer
+            except Exception as exc:  # noqa: BLE001
+                log.exception("batch of %d request(s) failed", len(pieces))
+                for piece in pieces:
+                    if not piece.request.future.done():
+                        piece.request.future.set_exception(exc)
+                    if piece.request in self.line:
+                        self.line.remove(piece.request)
 
-    async def _run(self, batch: list[_Job]) -> None:
+    async def _run(self, pieces: list[_Piece]) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        for job in batch:
-            self.metrics.queue_time.observe(start - job.enqueued)
-        if len(batch) == 1:
-            inputs = batch[0].inputs
-        elif batch[0].kind == "windows":
-            inputs = np.concatenate([job.inputs for job in batch])
+        for piece in pieces:
+            if piece.start == 0:  # the request's first run: its time in the queue
+                self.metrics.queue_time.observe(start - piece.request.enqueued)
+        if len(pieces) == 1:
+            inputs = pieces[0].inputs
+        elif pieces[0].request.kind == "windows":
+            inputs = np.concatenate([piece.inputs for piece in pieces])
         else:
-            inputs = [image for job in batch for image in job.inputs]
+            inputs = [image for piece in pieces for image in piece.inputs]
         self.metrics.batch_size.observe(len(inputs))
-        self.metrics.batch_requests.observe(len(batch))
-        result = await loop.run_in_executor(
-            self.executor, self.run, batch[0].inferencer, batch[0].kind, inputs
+        self.metrics.batch_requests.observe(len(pieces))
+        head = pieces[0].request
+        probs, problems = await loop.run_in_executor(
+            self.executor, self.run, head.inferencer, head.kind, inputs
         )
-        probs, problems = result
         offset = 0
-        for job in batch:
-            rows = range(offset, offset + len(job.inputs))
-            bad = [problems[r] for r in rows if r in problems]
-            if job.future.done():
-                pass
-            elif bad:
-                where = "the input" if len(job.inputs) == 1 else f"{len(bad)} of {len(job.inputs)} windows"
-                job.future.set_exception(ApiError(422, "data", f"{where}: {bad[0]}"))
-            else:
-                job.future.set_result(probs[offset : offset + len(job.inputs)])
-            offset += len(job.inputs)
+        for piece in pieces:
+            request, count = piece.request, piece.stop - piece.start
+            if request.probs is None:
+                request.probs = np.empty((request.size, *probs.shape[1:]), dtype=probs.dtype)
+            request.probs[piece.start : piece.stop] = probs[offset : offset + count]
+            for row in range(count):
+                if offset + row in problems:
+                    request.problems[piece.start + row] = problems[offset + row]
+            request.done += count
+            offset += count
+            if request.done == request.size and not request.future.done():
+                self._answer(request)
+
+    @staticmethod
+    def _answer(request: _Request) -> None:
+        if request.problems:
+            bad = [reason for _, reason in sorted(request.problems.items())]
+            where = "the input" if request.size == 1 else f"{len(bad)} of {request.size} windows"
+            request.future.set_exception(ApiError(422, "data", f"{where}: {bad[0]}"))
+        else:
+            assert request.probs is not None
+            request.future.set_result(request.probs)
 
 
 class ModelHolder:
@@ -332,7 +412,11 @@ def model_description(inferencer: OnnxInferencer, source: str) -> dict[str, Any]
 # ----------------------------------------------------------------------------- request parsing
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def guarded_request(request: Request, limit: int, timeout: float) -> Request:
+    """`request` with the service's body rules on its receive channel, for every way of reading the
+    body (`read_body`, a multipart form): at most `limit` bytes (413, before reading when the
+    Content-Length says so), and each chunk within `timeout` seconds of the previous one (408), so a
+    client that declares more than it sends cannot hold a connection and its handler forever."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(
@@ -341,16 +425,38 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"the body has {int(declared)} bytes; the limit is {limit} (serve with a larger --max-body-mb, "
             "or send fewer windows per call)",
         )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+    receive = request.receive
+    received = 0
+
+    async def guarded() -> Any:
+        nonlocal received
+        try:
+            message = await asyncio.wait_for(receive(), timeout)
+        except TimeoutError:
+            expected = f"of the {declared} declared" if declared and declared.isdigit() else "so far"
             raise ApiError(
-                413, "body", f"the body exceeds the limit of {limit} bytes; send fewer windows per call"
-            )
-        chunks.append(chunk)
+                408,
+                "body",
+                f"no part of the body arrived for {timeout:g} s ({received} bytes {expected}); send the "
+                "whole body without pausing (and a Content-Length that matches it), or serve with a "
+                "larger --body-timeout-s",
+            ) from None
+        if message.get("type") == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise ApiError(
+                    413, "body", f"the body exceeds the limit of {limit} bytes; send fewer windows per call"
+                )
+        return message
+
+    return Request(request.scope, guarded)
+
+
+async def read_body(request: Request, *, allow_empty: bool = False) -> bytes:
+    """The whole body of a `guarded_request`; 400 when empty (unless `allow_empty`)."""
+    chunks = [chunk async for chunk in request.stream()]
     body = b"".join(chunks)
-    if not body:
+    if not body and not allow_empty:
         raise ApiError(
             400,
             "body",
@@ -449,6 +555,69 @@ def signal_windows(inferencer: OnnxInferencer, signal: np.ndarray, fs: float, re
         raise ApiError(422, exc.field, str(exc)) from None
 
 
+def check_window_count(inferencer: OnnxInferencer, windows: np.ndarray, limit: int) -> None:
+    """413 on field ``data`` when a signal makes more than `limit` windows."""
+    if len(windows) > limit:
+        samples = (limit - 1) * inferencer.window_hop + inferencer.window_length
+        raise ApiError(
+            413,
+            "data",
+            f"the signal makes {len(windows)} windows; the limit is {limit} per request (--max-windows): "
+            f"send it in parts of at most {samples} samples per channel at {inferencer.fs:g} Hz, or serve "
+            "with a larger --max-windows",
+        )
+
+
+def check_images(payloads: list[tuple[str, bytes]], *, max_images: int, max_pixels: int) -> None:
+    """413 before any decoding: too many images, or more pixels than `max_pixels` in one image or in
+    all of them together (the pixel counts come from the headers, see `deploy.limits.image_pixels`)."""
+    field = "body" if payloads and payloads[0][0] == "body" else "file"
+    if len(payloads) > max_images:
+        raise ApiError(
+            413,
+            field,
+            f"{len(payloads)} images in one request; the limit is {max_images} (--max-windows): send them "
+            "in several requests",
+        )
+    total = 0
+    for name, data in payloads:
+        pixels = image_pixels(data)
+        if pixels is None:  # not an image: decoding says so
+            continue
+        if pixels > max_pixels:
+            raise ApiError(
+                413,
+                field,
+                f"{name}: the image has {pixels:,} pixels; the limit is {max_pixels:,} per image "
+                "(--max-pixels): downscale it before sending (the model sees it resized anyway), or serve "
+                "with a larger --max-pixels",
+            )
+        total += pixels
+        if total > max_pixels:
+            raise ApiError(
+                413,
+                field,
+                f"the images of this request hold more than {max_pixels:,} pixels in all (--max-pixels); "
+                "send fewer per request, or downscale them",
+            )
+
+
+def decode_images(payloads: list[tuple[str, bytes]]) -> list[np.ndarray]:
+    """Decoded images (`signal2image.imageio.decode_image`); 422 naming the file that is not one.
+    Runs in a worker thread: decoding a large image must not hold the event loop."""
+    images = []
+    for name, data in payloads:
+        try:
+            images.append(decode_image(data))
+        except ValueError as exc:
+            raise ApiError(
+                422,
+                "file" if name != "body" else "body",
+                f"{name}: not a readable image ({exc}); send PNG, JPEG, BMP, TIFF or WebP bytes",
+            ) from None
+    return images
+
+
 def signal_answer(inferencer: OnnxInferencer, probs: np.ndarray) -> dict[str, Any]:
     """The JSON answer to a signal request: the verdict over its windows' probabilities, and each
     window's label."""
@@ -509,6 +678,9 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
     holder = ModelHolder(settings)
     state: dict[str, Any] = {}
     reload_lock = asyncio.Lock()
+    # Decoding images and preparing large signals, off the event loop; two at a time bounds the memory
+    # that decoding can take at once (the model runs in the batcher's own thread).
+    prepare_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prepare")
     preloaded = holder.load(settings.model) if preload else None
 
     @asynccontextmanager
@@ -540,6 +712,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         )
         yield
         await batcher.stop()
+        prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     def _describe(inferencer: OnnxInferencer, source: str) -> None:
         state["description"] = model_description(inferencer, source)
@@ -592,13 +765,27 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
             raise ApiError(404, "path", f"this service holds a {other} model; use POST /v1/predict/{other}")
         return inferencer
 
+    def _guarded(request: Request, limit: int | None = None) -> Request:
+        return guarded_request(
+            request, settings.max_body_bytes if limit is None else limit, settings.body_timeout_s
+        )
+
+    def _prepare_signal(body: bytes, content_type: str, query: dict[str, str], inferencer: OnnxInferencer):
+        signal, fs = parse_signal(body, content_type, query)
+        windows = signal_windows(inferencer, signal, fs, settings.resample)
+        check_window_count(inferencer, windows, settings.max_windows)
+        return windows
+
     @app.post("/v1/predict/signal")
     async def predict_signal(request: Request) -> JSONResponse:
         _authorise(request, settings.protect_predict)
         inferencer = _model("signal")
-        body = await read_body(request, settings.max_body_bytes)
-        signal, fs = parse_signal(body, request.headers.get("content-type", ""), dict(request.query_params))
-        windows = signal_windows(inferencer, signal, fs, settings.resample)
+        body = await read_body(_guarded(request))
+        args = (body, request.headers.get("content-type", ""), dict(request.query_params), inferencer)
+        if len(body) > INLINE_BODY_BYTES:  # parsing, resampling, z-scoring a large signal: off the loop
+            windows = await asyncio.get_running_loop().run_in_executor(prepare_pool, _prepare_signal, *args)
+        else:
+            windows = _prepare_signal(*args)
         probs = await state["batcher"].submit(inferencer, "windows", windows)
         return JSONResponse(signal_answer(inferencer, probs))
 
@@ -609,7 +796,15 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         content_type = request.headers.get("content-type", "")
         payloads: list[tuple[str, bytes]] = []
         if content_type.startswith("multipart/form-data"):
-            form = await request.form(max_part_size=settings.max_body_bytes)
+            try:
+                form = await _guarded(request).form(max_part_size=settings.max_body_bytes)
+            except HTTPException as exc:  # Starlette's multipart parser: a malformed form
+                raise ApiError(
+                    400,
+                    "body",
+                    f"not a readable multipart form ({exc.detail}); send the image(s) as file fields "
+                    "(curl -F file=@image.png)",
+                ) from None
             payloads = [
                 (str(getattr(v, "filename", k)), await v.read())
                 for k, v in form.multi_items()
@@ -620,7 +815,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
                     422, "file", "the multipart form holds no file; send the image(s) as file fields"
                 )
         elif content_type.split(";")[0].strip() in IMAGE_TYPES:
-            payloads = [("body", await read_body(request, settings.max_body_bytes))]
+            payloads = [("body", await read_body(_guarded(request)))]
         else:
             raise ApiError(
                 415,
@@ -628,20 +823,13 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
                 f"content type {content_type or '(none)'!r} is not accepted; send image/png, image/jpeg or "
                 "multipart/form-data",
             )
-        images = []
         for name, data in payloads:
             if len(data) > settings.max_body_bytes:
                 raise ApiError(
                     413, "file", f"{name}: {len(data)} bytes exceed the limit of {settings.max_body_bytes}"
                 )
-            try:
-                images.append(decode_image(data))
-            except ValueError as exc:
-                raise ApiError(
-                    422,
-                    "file" if name != "body" else "body",
-                    f"{name}: not a readable image ({exc}); send PNG, JPEG, BMP, TIFF or WebP bytes",
-                ) from None
+        check_images(payloads, max_images=settings.max_windows, max_pixels=settings.max_pixels)
+        images = await asyncio.get_running_loop().run_in_executor(prepare_pool, decode_images, payloads)
         probs = await state["batcher"].submit(inferencer, "images", images)
         classes = inferencer.classes
         results = [
@@ -678,11 +866,14 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
     @app.post("/v1/admin/reload")
     async def reload(request: Request) -> JSONResponse:
         _authorise(request, True)
-        body = await request.body()
-        if len(body) > 1 << 16:
+        try:
+            body = await read_body(_guarded(request, RELOAD_BODY_BYTES), allow_empty=True)
+        except ApiError as exc:
+            if exc.status != 413:
+                raise
             raise ApiError(
                 413, "body", 'a reload request is a small JSON object: {"model": "models:/NAME@ALIAS"}'
-            )
+            ) from None
         try:
             doc = json.loads(body) if body.strip() else {}
             source = doc.get("model") or holder.source
@@ -696,6 +887,19 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         if not isinstance(source, str):
             raise ApiError(
                 422, "model", f"model must be a string (a path or models:/NAME@ALIAS), got {source!r}"
+            )
+        if not reload_allowed(source, started_with=settings.model, model_root=settings.model_root):
+            metrics.reloads.labels("refused").inc()
+            where = (
+                f"a file inside --model-root {settings.model_root}"
+                if settings.model_root
+                else "no other file (serve with --model-root DIR to allow the .onnx files in DIR)"
+            )
+            raise ApiError(
+                403,
+                "model",
+                f"reload may load a registry model (models:/NAME@ALIAS), the source this service started "
+                f"with ({settings.model}), or {where}; {source!r} is none of these",
             )
         async with reload_lock:
             try:

@@ -176,7 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host",
         default="127.0.0.1",
-        help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a container)",
+        help=(
+            "interface to listen on (default 127.0.0.1: this machine only). Any other address needs "
+            "PIPELINE_API_KEY (which then protects predict too) or --allow-unauthenticated"
+        ),
+    )
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help=(
+            "listen beyond loopback with predict open to anyone who reaches the port (no API key); "
+            "without it a non-loopback --host needs PIPELINE_API_KEY"
+        ),
     )
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument(
@@ -197,6 +208,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-body-mb", type=float, default=16.0, help="largest accepted request body in MB (default 16)"
+    )
+    serve.add_argument(
+        "--max-windows",
+        type=int,
+        default=1024,
+        help="most windows (signal) or images per request; more get 413 (default 1024)",
+    )
+    serve.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help=(
+            "most pixels per image and per request, read from the image headers before decoding; "
+            "more get 413 (default 40000000)"
+        ),
+    )
+    serve.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=10.0,
+        help="longest wait for the next chunk of a request body, then 408 (default 10)",
+    )
+    serve.add_argument(
+        "--model-root",
+        metavar="DIR",
+        default=None,
+        help=(
+            "reload may load model files inside DIR (symlinks resolved); without it reload takes only "
+            "registry URIs (models:/...) and the --model the service started with"
+        ),
     )
     serve.add_argument(
         "--resample",
@@ -388,21 +429,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from deploy.inferencer import choose_providers
+    from deploy.limits import is_loopback, listen_policy
     from deploy.service import ServiceSettings, create_app
 
     for name, value, low in (
         ("--max-batch", args.max_batch, 1),
         ("--port", args.port, 1),
         ("--max-body-mb", args.max_body_mb, 0.001),
+        ("--max-windows", args.max_windows, 1),
+        ("--max-pixels", args.max_pixels, 1),
+        ("--body-timeout-s", args.body_timeout_s, 0.001),
     ):
         if value < low:
             raise UserError(f"{name} must be at least {low}, got {value}")
     if args.max_wait_ms < 0:
         raise UserError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    if args.model_root is not None and not Path(args.model_root).is_dir():
+        raise UserError(f"--model-root {args.model_root}: not a folder")
     api_key = os.environ.get("PIPELINE_API_KEY") or None
     if args.protect_predict and not api_key:
         raise UserError("--protect-predict needs an API key: set the environment variable PIPELINE_API_KEY")
+    protect_predict = listen_policy(
+        args.host,
+        api_key=api_key,
+        allow_unauthenticated=args.allow_unauthenticated,
+        protect_predict=args.protect_predict,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not is_loopback(args.host):
+        logging.getLogger("pipeline.serve").warning(
+            "listening on %s beyond loopback: predict %s; reload %s",
+            args.host,
+            "requires the API key" if protect_predict else "is OPEN to anyone who reaches the port",
+            "requires the API key" if api_key else "is disabled (no API key)",
+        )
     settings = ServiceSettings(
         model=args.model,
         tracking_uri=args.tracking_uri,
@@ -410,8 +470,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         batching=not args.no_batching,
         api_key=api_key,
-        protect_predict=args.protect_predict,
+        protect_predict=protect_predict,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        max_windows=args.max_windows,
+        max_pixels=args.max_pixels,
+        body_timeout_s=args.body_timeout_s,
+        model_root=args.model_root,
         resample=args.resample,
         threads=args.threads,
         providers=choose_providers(args.device),

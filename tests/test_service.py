@@ -122,7 +122,11 @@ class Server:
 
 @pytest.fixture(scope="module")
 def signal_server(models):
-    server = Server(models["signal_a"], "--max-wait-ms", "50", "--max-batch", "64", "--max-body-mb", "0.25")
+    server = Server(
+        models["signal_a"],
+        *("--max-wait-ms", "50", "--max-batch", "64", "--max-body-mb", "0.25"),
+        *("--model-root", str(models["signal_a"].parent)),  # reload loads the other models from there
+    )
     yield server
     server.stop()
 
