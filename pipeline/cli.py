@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -40,6 +41,19 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key (repeatable), e.g. --set train.epochs=2 --set transform.kind=stft",
     )
+
+
+def _positive_rate(text: str) -> float:
+    """`--fs`: a positive, finite number of Hz (0 or nan would switch the rate check off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a sample rate in Hz such as 12800, got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite rate in Hz such as 12800, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv) or images (.png, .jpg, ...)"
     )
     predict.add_argument(
-        "--fs", type=float, default=None, help="sample rate of the files in Hz (checked against the model's)"
+        "--fs",
+        type=_positive_rate,
+        default=None,
+        help="sample rate of the files in Hz (checked against the model's and a rate the file declares)",
     )
     _add_tracking_uri(predict)
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
@@ -275,10 +292,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps(result) if args.json else f"{file}: {label} (p={probs.max():.3f})")
             continue
         loaded = read_signal_file(file)
-        try:
-            prediction = inferencer.predict_signal(
-                loaded.data, fs=args.fs or loaded.fs, names=loaded.channels
+        fs = loaded.fs if args.fs is None else args.fs
+        if (
+            args.fs is not None
+            and loaded.fs is not None
+            and not math.isclose(loaded.fs, args.fs, rel_tol=1e-6)
+        ):
+            raise UserError(
+                f"{file}: the file declares fs = {loaded.fs:g} Hz but --fs is {args.fs:g} Hz; "
+                "drop --fs (the file's rate is used) or fix the file"
             )
+        try:
+            prediction = inferencer.predict_signal(loaded.data, fs=fs, names=loaded.channels)
         except UserError as exc:
             raise UserError(f"{file}: {exc}") from None
         if args.json:

@@ -1,0 +1,98 @@
+"""The list of what the `pipeline` command refuses: every bad input the CLI and the config schema turn
+away, each with exit code 2, one line on stderr (no traceback) that names the field or key at fault and
+says how to fix it.
+
+Most cases run in-process through `pipeline.cli.main` (fast); a few run as real processes to check that
+the exit code and stderr are what a shell sees. Add a case here whenever the CLI learns to refuse
+something new.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deploy.metadata import ModelInfo, ModelMetadata
+from deploy.onnx_export import export_onnx
+from models import build_model
+from pipeline.cli import main
+from signal2image import CwtTransform
+
+FS, LENGTH = 8000, 1024
+
+
+def refused(capsys, *args: str) -> str:
+    """Run `pipeline ARGS` in-process; assert exit code 2 and one clean message; return stderr."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, f"exit {code}: {err}"
+    assert "Traceback" not in err, err
+    return err
+
+
+def check(err: str, *needles: str) -> None:
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in {err!r}"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A folder with a small signal model (8 kHz, windows of 1024) and signal files, good and bad."""
+    folder = tmp_path_factory.mktemp("lab")
+    cwt = CwtTransform(fs=FS, image_size=32, f_min=100, f_max=3000, n_scales=16)
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", num_classes=2, pretrained=False).eval()
+    windows = np.random.default_rng(0).standard_normal((2, LENGTH)).astype(np.float32)
+    meta = ModelMetadata.for_transform(
+        ["good", "worn"], cwt, window=(LENGTH, 512), model=ModelInfo(name="lab")
+    )
+    export_onnx(model, cwt(windows), folder / "model.onnx", metadata=meta)
+    signal = np.random.default_rng(1).standard_normal(4096).astype(np.float32)
+    np.savez(folder / "sig8k.npz", x=signal, fs=np.float64(FS))
+    np.savez(folder / "sig12k.npz", x=signal, fs=np.float64(12800))
+    np.save(folder / "plain.npy", signal)
+    np.save(folder / "short.npy", signal[:100])
+    nan = signal.copy()
+    nan[5] = math.nan
+    np.save(folder / "nan.npy", nan)
+    (folder / "notes.txt").write_text("not a signal")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+def test_predict_accepts_a_rate_that_agrees_with_the_file(lab, capsys):
+    assert main(["predict", "--model", str(lab / "model.onnx"), str(lab / "sig8k.npz"), "--fs", "8000"]) == 0
+    assert "sig8k.npz" in capsys.readouterr().out
+
+
+PREDICT_CASES = {
+    "fs-disagrees-with-file": (["sig8k.npz", "--fs", "12800"], ["declares fs = 8000 Hz", "--fs is 12800 Hz"]),
+    "fs-zero": (["plain.npy", "--fs", "0"], ["--fs", "positive, finite", "12800"]),
+    "fs-nan": (["plain.npy", "--fs", "nan"], ["--fs", "positive, finite"]),
+    "fs-negative": (["plain.npy", "--fs", "-8000"], ["--fs", "positive, finite"]),
+    "fs-inf": (["plain.npy", "--fs", "inf"], ["--fs", "positive, finite"]),
+    "fs-not-a-number": (["plain.npy", "--fs", "8k"], ["--fs", "sample rate in Hz"]),
+    "fs-wrong-rate": (["plain.npy", "--fs", "48000"], ["expects 8000 Hz"]),
+    "file-declares-wrong-rate": (["sig12k.npz"], ["12800", "8000"]),
+    "missing-file": (["missing.npy"], ["missing.npy", "not found"]),
+    "unsupported-file": (["notes.txt"], ["notes.txt", "unsupported signal file type", ".npy"]),
+    "too-short": (["short.npy"], ["short.npy", "at least one window of 1024"]),
+    "nan-values": (["nan.npy"], ["nan.npy", "NaN or Inf", "clean or interpolate"]),
+}
+
+
+@pytest.mark.parametrize("case", PREDICT_CASES, ids=list(PREDICT_CASES))
+def test_predict_refuses(lab, capsys, case):
+    args, needles = PREDICT_CASES[case]
+    err = refused(
+        capsys, "predict", "--model", lab / "model.onnx", *[lab / a if "." in a else a for a in args]
+    )
+    check(err, *needles)
