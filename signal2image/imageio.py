@@ -18,8 +18,7 @@ def decode_image(source: str | Path | bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_float(img)
+            return _to_float(ImageOps.exif_transpose(img))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from None
 
