@@ -29,6 +29,32 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+def check_server(uri: str, *, source: str = "the tracking URI", timeout: float = 5.0) -> None:
+    """For an ``http(s)://`` tracking URI: one GET of the server's ``/health`` with a short timeout, so
+    that a server that is not there is said at once (MLflow itself retries for minutes). Any HTTP
+    answer counts as there (a proxy may want credentials); local stores are not checked.
+
+    Raises:
+        UserError: nothing answers at `uri`; the message names `source`, the URI and the fix.
+    """
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answered
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"{source}: no MLflow server answers at {uri!r} ({reason}); start the server "
+            "(mlflow server --host HOST --port PORT) or fix the URI (unset: the embedded store ./mlflow.db)"
+        ) from None
+
+
 def quiet_mlflow() -> None:
     """MLflow logs migrations and registry notes at INFO; keep the terminal for our own output."""
     for name in ("mlflow", "alembic"):
@@ -55,7 +81,9 @@ def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    use_store(resolve_tracking_uri(tracking_uri))
+    store = resolve_tracking_uri(tracking_uri)
+    check_server(store)
+    use_store(store)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as exc:

@@ -322,9 +322,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _registry_client(tracking_uri: str | None):
     import mlflow
 
-    from pipeline.tracking import resolve_tracking_uri, use_store
+    from pipeline.tracking import check_server, resolve_tracking_uri, use_store
 
     uri = resolve_tracking_uri(tracking_uri)
+    check_server(uri, source="--tracking-uri")
     use_store(uri)
     return mlflow.MlflowClient(uri)
 
@@ -476,6 +477,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _runs_started() -> int:
+    """MLflow runs started so far by this process (0 while `pipeline.tracking` is not even imported)."""
+    tracking = sys.modules.get("pipeline.tracking")
+    return tracking.runs_started() if tracking is not None else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pipeline` command.
 
@@ -485,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    runs_before = _runs_started()
     try:
         return int(args.func(args))
     except UserError as exc:
@@ -494,10 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            "interrupted: MLflow runs in progress are marked KILLED and the last checkpoints are kept",
-            file=sys.stderr,
-        )
+        if _runs_started() > runs_before:
+            message = "MLflow runs in progress are marked KILLED and the last checkpoints are kept"
+        else:
+            message = "no MLflow run had started, nothing was logged"
+        print(f"interrupted: {message}", file=sys.stderr)
         return 130
 
 

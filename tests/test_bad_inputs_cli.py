@@ -9,7 +9,9 @@ something new.
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from deploy.onnx_export import export_onnx
 from models import build_model
 from pipeline.cli import main
 from signal2image import CwtTransform
+from tests.conftest import TINY_JOB, write_config
 
 FS, LENGTH = 8000, 1024
 
@@ -96,3 +99,82 @@ def test_predict_refuses(lab, capsys, case):
         capsys, "predict", "--model", lab / "model.onnx", *[lab / a if "." in a else a for a in args]
     )
     check(err, *needles)
+
+
+# ---------------------------------------------------------------------------------- run: before training
+
+
+@pytest.fixture(scope="module")
+def job_folder(tmp_path_factory):
+    """The tiny job's config, and files that are no weights (its data cache is shared by the cases)."""
+    folder = tmp_path_factory.mktemp("job")
+    job = copy.deepcopy(TINY_JOB)
+    job["train"]["strategies"] = [{"name": "finetune", "lr": 1e-3}]
+    write_config(folder / "job.yaml", job)
+    (folder / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    torch.save({f"layer{i}.weight": torch.zeros(1) for i in range(40)}, folder / "other.pth")
+    return folder
+
+
+@pytest.fixture
+def job(job_folder, monkeypatch):
+    monkeypatch.chdir(job_folder)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return job_folder
+
+
+RUN_CASES = {
+    "weights-not-a-checkpoint": (
+        ["--set", "model.weights=passwd"],
+        ["passwd is not a PyTorch checkpoint (torch.load failed", "torch.save(model.state_dict()"],
+    ),
+    "weights-of-another-model": (
+        ["--set", "model.weights=other.pth"],
+        [
+            "does not fit backbone 'efficientnet_lite0'",
+            "40 unexpected keys",
+            "... 35 more",
+            "set model.backbone",
+        ],
+    ),
+    "export-dir-refuses-files": (
+        ["--set", "export.dir=/proc"],
+        ["export.dir", "/proc", "cannot write files"],
+    ),
+    "export-dir-read-only": (
+        ["--set", "export.dir=/sys/kernel"],
+        ["export.dir", "cannot write files", "choose a writable folder"],
+    ),
+    "export-dir-not-a-folder": (["--set", "export.dir=passwd/x"], ["export.dir", "cannot create"]),
+    "tracking-server-down": (
+        ["--set", "tracking.uri=http://127.0.0.1:9"],
+        ["tracking.uri", "http://127.0.0.1:9", "no MLflow server answers", "start the server", "fix the URI"],
+    ),
+    "resume-with-nothing-to-resume": (
+        ["--resume", "--set", "tracking.uri=sqlite:///resume.db"],
+        ["--resume", "no earlier run", "tiny"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RUN_CASES, ids=list(RUN_CASES))
+def test_run_refuses_before_training(job, capsys, case):
+    args, needles = RUN_CASES[case]
+    start = time.monotonic()
+    err = refused(capsys, "run", "job.yaml", *args)
+    check(err, *needles)
+    assert err.count("\n") == 1 and time.monotonic() - start < 60
+    assert not list(job.rglob("checkpoints"))  # no training started
+    assert not (job / "mlflow.db").exists()  # no MLflow run (not even the store) was created
+
+
+def test_ctrl_c_before_any_run_does_not_claim_runs_were_killed(job, capsys, monkeypatch):
+    import pipeline.job
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.job, "prepare_data", stop)
+    assert main(["run", "job.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert "no MLflow run had started" in err and "KILLED" not in err
