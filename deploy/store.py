@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import tempfile
+import urllib.parse
 from pathlib import Path
 
 from signal2image.errors import UserError
@@ -71,25 +74,56 @@ def use_store(uri: str) -> None:
     mlflow.set_registry_uri(uri)
 
 
+def check_model_uri(uri: str) -> None:
+    """Refuse a model URI that could reach outside the store: a ``..`` path segment anywhere, or an
+    absolute artifact path after a ``runs:/`` run id.
+
+    Raises:
+        UserError: the message names the URI and the rule.
+    """
+    rule = (
+        "model URIs name artifacts inside the store (models:/NAME@ALIAS, models:/NAME/VERSION, "
+        "runs:/RUN_ID/relative/path): no '..' segments and no absolute path after the run id"
+    )
+    scheme, sep, rest = uri.partition(":")
+    if not sep:
+        return
+    rest = urllib.parse.unquote(rest)  # %2e%2e is .. too
+    if ".." in rest.replace("\\", "/").split("/"):
+        raise UserError(f"model {uri!r} has a '..' path segment; {rule}")
+    if scheme == "runs":
+        path = rest.lstrip("/").partition("/")[2]
+        if path.startswith("/") or path.startswith("\\") or re.match(r"^[A-Za-z]:", path):
+            raise UserError(f"model {uri!r} has an absolute artifact path after the run id; {rule}")
+
+
 def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
     """The .onnx file behind a ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) URI, downloaded
     locally.
 
     Raises:
-        UserError: the URI does not resolve in the store, or holds no .onnx file.
+        UserError: the URI could reach outside the store (`check_model_uri`), does not resolve in the
+            store, resolves outside the download folder, or holds no .onnx file.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    check_model_uri(uri)
     store = resolve_tracking_uri(tracking_uri)
     check_server(store)
     use_store(store)
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-model-"))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
     except MlflowException as exc:
         raise UserError(
             f"cannot resolve model {uri!r} in the store {mlflow.get_tracking_uri()}: {exc.message}"
         ) from None
+    if not local.resolve().is_relative_to(folder.resolve()):
+        raise UserError(
+            f"model {uri!r} resolves to {str(local)!r}, outside the download folder {str(folder)!r}; "
+            "a model URI must name artifacts inside the store"
+        )
     files = [local] if local.suffix == ".onnx" else sorted(local.rglob("*.onnx"))
     if not files:
         raise UserError(f"model {uri!r} holds no .onnx file (found in {local})")
