@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import ExportError, UserError
+from signal2image.errors import require
 
 EXIT_USAGE = 2
 
@@ -407,8 +408,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 1 if args.variant and refused else 0
 
 
+def _require_serve() -> None:
+    """What `pipeline serve` imports beyond the base install (the extra ``serve``), checked before
+    `deploy.service` imports it."""
+    for module in ("fastapi", "uvicorn", "prometheus_client", ("python_multipart", "multipart")):
+        require(module, "serve", "pipeline serve")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`pipeline serve`: check the options, load the model, then serve it with uvicorn until stopped."""
+    _require_serve()
     import logging
 
     import uvicorn

