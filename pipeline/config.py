@@ -701,7 +701,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -725,7 +725,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+        raise ConfigError(
+            f"--set {item!r}: the value is not valid YAML ({_yaml_problem(exc)}); quote it or fix it"
+        ) from None
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
@@ -751,6 +753,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node[index] = value
     else:
         node[last] = value
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def _tuples(value: Any) -> Any:
