@@ -57,6 +57,13 @@ def _positive_rate(text: str) -> float:
     return value
 
 
+def _require_serve() -> None:
+    """What `pipeline serve` imports beyond the base install (the extra ``serve``), checked before
+    `deploy.service` imports it."""
+    for module in ("fastapi", "uvicorn", "prometheus_client", ("python_multipart", "multipart")):
+        require(module, "serve", "pipeline serve")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand; each sets ``func``, the ``cmd_*`` that runs it."""
     parser = argparse.ArgumentParser(
@@ -406,13 +413,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     for note in notes:
         print(note)
     return 1 if args.variant and refused else 0
-
-
-def _require_serve() -> None:
-    """What `pipeline serve` imports beyond the base install (the extra ``serve``), checked before
-    `deploy.service` imports it."""
-    for module in ("fastapi", "uvicorn", "prometheus_client", ("python_multipart", "multipart")):
-        require(module, "serve", "pipeline serve")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

