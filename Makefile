@@ -10,9 +10,10 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Stamp files: reinstall only when pyproject.toml changes.
+# Stamp files: reinstall only when pyproject.toml changes. `install` brings the serve extra too: the
+# README runs `pipeline serve` right after `make run`.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) -e .
+	$(PIP) -e ".[serve]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python

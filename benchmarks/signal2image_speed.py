@@ -28,6 +28,7 @@ from scipy.signal import ShortTimeFFT
 from scipy.signal.windows import hann
 
 from signal2image import CwtTransform, StftTransform
+from signal2image.errors import install_hint
 
 FS, N_WINDOWS, LENGTH, N_SCALES = 12800.0, 256, 2048, 64
 
@@ -68,7 +69,7 @@ def main() -> None:
         ssqueezepy.cwt(x[:2], "morlet", scales=sq_scales, fs=FS, astensor=False)  # warm-up (numba compile)
     except ImportError:
         ssqueezepy = None
-        print("ssqueezepy not installed (pip install ssqueezepy): skipped")
+        print(f"ssqueezepy not installed ({install_hint('bench')}): skipped")
 
     sft = ShortTimeFFT(hann(256, sym=False), hop=128, fs=FS, scale_to=None)
     p0, p1 = sft.lower_border_end[1], sft.upper_border_begin(LENGTH)[1]

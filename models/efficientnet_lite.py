@@ -8,11 +8,16 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from models.registry import Preprocessing, WeightsNotFoundError, register_backbone
+from models.registry import (
+    Preprocessing,
+    WeightsNotFoundError,
+    load_weights,
+    read_state_dict,
+    register_backbone,
+)
 
 
 def lite_weights_path(variant: int) -> Path:
@@ -72,8 +77,7 @@ def _build_lite(
     model = EfficientNet.from_name(f"efficientnet-lite{variant}")
     if pretrained:
         path = weights_path or lite_weights_path(variant)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        load_weights(model, read_state_dict(path), backbone=f"efficientnet_lite{variant}", source=str(path))
     # The TF port tracks BatchNorm statistics with momentum 0.01: on a few thousand samples the
     # running statistics would still be ImageNet's (or the init's) after training. Use PyTorch's 0.1.
     for module in model.modules():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from signal2image.errors import UserError
@@ -22,6 +24,69 @@ class Preprocessing:
 
 class WeightsNotFoundError(UserError):
     """Pretrained weights were requested but are not on disk (and cannot be downloaded)."""
+
+
+SHOWN_KEYS = 5  # at most this many key names in a message: a state dict has hundreds
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a ``.pth`` file, read with ``weights_only=True`` (no code runs).
+
+    Raises:
+        UserError: the file is missing, is not a PyTorch checkpoint, or holds no dict of tensors.
+    """
+    file = Path(path)
+    fix = "give a file written by torch.save(model.state_dict(), PATH), or model.weights: imagenet or none"
+    if not file.is_file():
+        raise WeightsNotFoundError(f"weights file {str(file)!r} not found; {fix}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a text file, a truncated zip, a pickle of other objects: all the same advice
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no details'}"
+        raise UserError(f"{file} is not a PyTorch checkpoint (torch.load failed: {reason}); {fix}") from None
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]  # a checkpoint of `pipeline run` (model, optimizer, scheduler)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{file} holds a {type(state).__name__}, not a state dict of tensors; {fix}")
+    return dict(state)
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, backbone: str, source: str) -> None:
+    """``model.load_state_dict(state, strict=True)``, or a short message when the keys or shapes differ.
+
+    Raises:
+        UserError: keys missing or unexpected (at most `SHOWN_KEYS` of each, with the counts), or
+            tensors of other shapes.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{len(keys)} {what} ({_first(keys)})"
+            for what, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("tensors of another shape (file vs model)", mismatched),
+            )
+            if keys
+        ]
+        raise UserError(
+            f"{source} does not fit backbone {backbone!r}: {'; '.join(parts)}; the weights belong to another "
+            f"architecture: set model.backbone to theirs, or give a state dict saved from {backbone} "
+            "(torch.save(model.state_dict(), PATH), without a wrapper's 'module.' prefix)"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _first(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f", ... {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")
 
 
 @dataclass(frozen=True)

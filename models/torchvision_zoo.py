@@ -17,7 +17,14 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from models.registry import Preprocessing, WeightsNotFoundError, register_backbone, replace_module
+from models.registry import (
+    Preprocessing,
+    WeightsNotFoundError,
+    load_weights,
+    read_state_dict,
+    register_backbone,
+    replace_module,
+)
 
 NO_DOWNLOAD_ENV = "PIPELINE_NO_DOWNLOAD"  # set: never try the network (tests, air-gapped lines)
 
@@ -53,7 +60,7 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
                 f"ImageNet weights for {arch} could not be downloaded "
                 f"({type(exc).__name__}: {str(exc)[:120]}); {how}"
             ) from None
-    return torch.load(file, map_location="cpu", weights_only=True)
+    return read_state_dict(file)
 
 
 def _preprocessing(arch: str) -> Preprocessing:
@@ -186,12 +193,9 @@ def _register(arch: str) -> None:
     ) -> nn.Module:
         model = tvm.get_model(arch, weights=None)
         if pretrained:
-            state = (
-                torch.load(weights_path, map_location="cpu", weights_only=True)
-                if weights_path
-                else imagenet_state(arch)
-            )
-            model.load_state_dict(state, strict=True)
+            state = read_state_dict(weights_path) if weights_path else imagenet_state(arch)
+            source = str(weights_path) if weights_path else f"the ImageNet weights of {arch}"
+            load_weights(model, state, backbone=arch, source=source)
         features = _linear_in(model.get_submodule(head_path))
         if dropout_path:  # the family has its own dropout before the head
             model.get_submodule(dropout_path).p = dropout

@@ -62,6 +62,8 @@ def _files_identity(cfg: JobConfig) -> list[list[Any]]:
         paths = list(ucr_files(cfg.data.ucr))
     out = []
     for p in paths:
+        if not p.is_file():  # missing: the reader refuses it next, naming the key (not a traceback here)
+            continue
         stat = p.stat()
         out.append([str(p.resolve()), stat.st_size, stat.st_mtime_ns])
     return out

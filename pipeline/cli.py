@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
 from pathlib import Path
 
 from pipeline.errors import ExportError, UserError
+from signal2image.errors import require
 
 EXIT_USAGE = 2
 
@@ -40,6 +42,26 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key (repeatable), e.g. --set train.epochs=2 --set transform.kind=stft",
     )
+
+
+def _positive_rate(text: str) -> float:
+    """`--fs`: a positive, finite number of Hz (0 or nan would switch the rate check off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a sample rate in Hz such as 12800, got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite rate in Hz such as 12800, got {text!r}")
+    return value
+
+
+def _require_serve() -> None:
+    """What `pipeline serve` imports beyond the base install (the extra ``serve``), checked before
+    `deploy.service` imports it."""
+    for module in ("fastapi", "uvicorn", "prometheus_client", ("python_multipart", "multipart")):
+        require(module, "serve", "pipeline serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         "files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv) or images (.png, .jpg, ...)"
     )
     predict.add_argument(
-        "--fs", type=float, default=None, help="sample rate of the files in Hz (checked against the model's)"
+        "--fs",
+        type=_positive_rate,
+        default=None,
+        help="sample rate of the files in Hz (checked against the model's and a rate the file declares)",
     )
     _add_tracking_uri(predict)
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
@@ -316,10 +341,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps(result) if args.json else f"{file}: {label} (p={probs.max():.3f})")
             continue
         loaded = read_signal_file(file)
-        try:
-            prediction = inferencer.predict_signal(
-                loaded.data, fs=args.fs or loaded.fs, names=loaded.channels
+        fs = loaded.fs if args.fs is None else args.fs
+        if (
+            args.fs is not None
+            and loaded.fs is not None
+            and not math.isclose(loaded.fs, args.fs, rel_tol=1e-6)
+        ):
+            raise UserError(
+                f"{file}: the file declares fs = {loaded.fs:g} Hz but --fs is {args.fs:g} Hz; "
+                "drop --fs (the file's rate is used) or fix the file"
             )
+        try:
+            prediction = inferencer.predict_signal(loaded.data, fs=fs, names=loaded.channels)
         except UserError as exc:
             raise UserError(f"{file}: {exc}") from None
         if args.json:
@@ -338,9 +371,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _registry_client(tracking_uri: str | None):
     import mlflow
 
-    from pipeline.tracking import resolve_tracking_uri, use_store
+    from pipeline.tracking import check_server, resolve_tracking_uri, use_store
 
     uri = resolve_tracking_uri(tracking_uri)
+    check_server(uri, source="--tracking-uri")
     use_store(uri)
     return mlflow.MlflowClient(uri)
 
@@ -424,6 +458,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`pipeline serve`: check the options, load the model, then serve it with uvicorn until stopped."""
+    _require_serve()
     import logging
 
     import uvicorn
@@ -515,6 +550,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _runs_started() -> int:
+    """MLflow runs started so far by this process (0 while `pipeline.tracking` is not even imported)."""
+    tracking = sys.modules.get("pipeline.tracking")
+    return tracking.runs_started() if tracking is not None else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pipeline` command.
 
@@ -524,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    runs_before = _runs_started()
     try:
         return int(args.func(args))
     except UserError as exc:
@@ -533,10 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            "interrupted: MLflow runs in progress are marked KILLED and the last checkpoints are kept",
-            file=sys.stderr,
-        )
+        if _runs_started() > runs_before:
+            message = "MLflow runs in progress are marked KILLED and the last checkpoints are kept"
+        else:
+            message = "no MLflow run had started, nothing was logged"
+        print(f"interrupted: {message}", file=sys.stderr)
         return 130
 
 

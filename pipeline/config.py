@@ -26,9 +26,16 @@ STRATEGY_KINDS = ("scratch", "linear_probe", "finetune", "discriminative", "grad
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors and a loaded config cannot change."""
+    """Base of every config section: unknown keys are errors, types are strict (``true`` is no number,
+    ``1`` and ``"3"`` are no boolean or integer; an integer is a valid float) and a loaded config
+    cannot change. Path fields take strings (`_lax`); `load_config` turns YAML lists into tuples."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _lax(default: Any = None, **kwargs: Any) -> Any:
+    """A Path field: a string from YAML is converted (strict mode would want a Path object)."""
+    return Field(default, strict=False, **kwargs)
 
 
 def _ordered_pair(value: tuple[float, float], name: str) -> tuple[float, float]:
@@ -78,8 +85,8 @@ class FolderConfig(Section):
     manifest CSV (`manifest`: columns path, label and optional recording, channel(s), fs, rpm, load,
     split)."""
 
-    path: Path | None = None
-    manifest: Path | None = None
+    path: Path | None = _lax()
+    manifest: Path | None = _lax()
     fs: float | None = Field(
         None,
         gt=0,
@@ -130,8 +137,8 @@ class ImagesConfig(Section):
     """Defect images: a folder per class (`path`) or a manifest CSV
     (`manifest`: path,label[,group][,split])."""
 
-    path: Path | None = None
-    manifest: Path | None = None
+    path: Path | None = _lax()
+    manifest: Path | None = _lax()
 
     @model_validator(mode="after")
     def _one_source(self) -> ImagesConfig:
@@ -151,8 +158,8 @@ class UcrConfig(Section):
     """
 
     dataset: str = Field("FordA", min_length=1)
-    train: Path | None = None
-    test: Path | None = None
+    train: Path | None = _lax()
+    test: Path | None = _lax()
     fs: float = Field(
         500.0,
         gt=0,
@@ -244,7 +251,7 @@ class DataConfig(Section):
     cache: bool = Field(
         True, description="keep transformed signal data on disk and reuse it when nothing changed"
     )
-    cache_dir: Path = Field(Path(".cache/pipeline"), description="where the transformed-data cache lives")
+    cache_dir: Path = _lax(Path(".cache/pipeline"), description="where the transformed-data cache lives")
     split: SplitConfig = SplitConfig()
     window: WindowConfig = WindowConfig()
     normalise: Literal["none", "window", "recording"] = Field(
@@ -370,6 +377,13 @@ class ModelConfig(Section):
             "1: one channel into a first convolution adapted by summing its RGB filters"
         ),
     )
+
+    @field_validator("in_channels", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1 would pass the Literal
+            raise ValueError(f"expected 1 or 3, got {value!r} (a boolean)")
+        return value
 
     @field_validator("backbone")
     @classmethod
@@ -531,7 +545,7 @@ class TrackingConfig(Section):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default: env MLFLOW_TRACKING_URI, else ./mlflow.db"
     )
-    artifact_dir: Path = Field(Path("mlartifacts"), description="artifact folder of the embedded store")
+    artifact_dir: Path = _lax(Path("mlartifacts"), description="artifact folder of the embedded store")
     experiment: str = Field("gearbox", min_length=1)
     registered_model: str = Field("gearbox-fault", min_length=1)
     alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -550,7 +564,7 @@ class TrackingConfig(Section):
 class ExportConfig(Section):
     """The ONNX export, its parity tolerance, and the optional INT8/FP16 variants and Triton repository."""
 
-    dir: Path = Field(Path("artifacts"), description="where ONNX files and checkpoints are written")
+    dir: Path = _lax(Path("artifacts"), description="where ONNX files and checkpoints are written")
     opset: int = Field(17, ge=17, le=23)
     tolerance: float = Field(
         1e-4, gt=0, description="max |logit difference| ONNX Runtime vs PyTorch (per unit of logit above 1)"
@@ -567,7 +581,7 @@ class ExportConfig(Section):
     calibration_inputs: int = Field(
         256, ge=8, le=100_000, description="training inputs that calibrate the INT8 activations"
     )
-    triton_dir: Path | None = Field(
+    triton_dir: Path | None = _lax(
         None, description="also write a Triton Inference Server model repository here"
     )
 
@@ -687,7 +701,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -699,7 +713,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: typing.Sequence[
     for item in overrides:
         _apply_override(raw, item)
     try:
-        return JobConfig.model_validate(raw)
+        return JobConfig.model_validate(_tuples(raw))
     except ValidationError as exc:
         raise ConfigError(f"{source}: " + "; ".join(_explain(err) for err in exc.errors())) from None
 
@@ -711,7 +725,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+        raise ConfigError(
+            f"--set {item!r}: the value is not valid YAML ({_yaml_problem(exc)}); quote it or fix it"
+        ) from None
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
@@ -739,10 +755,47 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node[last] = value
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _tuples(value: Any) -> Any:
+    """YAML lists as tuples, all the way down: the strict schema takes a tuple where a list is written."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
 def _list_item(node: list[Any], part: str, where: list[str]) -> Any:
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(f"--set: {'.'.join(where)} must be an index below {len(node)}")
     return node[int(part)]
+
+
+# Strict-type errors: what the key takes, and what YAML made of the value.
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "dict_type": "a section (a mapping of keys)",
+    "model_type": "a section (a mapping of keys)",
+}
+_KIND = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    tuple: "a list",
+    dict: "a mapping",
+    type(None): "null",
+}
 
 
 def _explain(err: dict[str, Any]) -> str:
@@ -760,6 +813,10 @@ def _explain(err: dict[str, Any]) -> str:
         return f"{where or 'root'}: required key is missing"
     if err["type"] == "value_error":
         return f"{where}: {message}" if where else message
+    if err["type"] in _EXPECTED:
+        value = err.get("input")
+        kind = _KIND.get(type(value), f"a {type(value).__name__}")
+        return f"{where}: expected {_EXPECTED[err['type']]}, got {value!r} ({kind})"
     return f"{where}: {message} (got {err.get('input')!r})"
 
 

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ import torch
 from deploy.metadata import ModelInfo, ModelMetadata
 from deploy.onnx_export import ParityReport, export_onnx
 from deploy.variants import VariantReport, build_variants
+from models import build_model
 from pipeline.config import JobConfig
 from pipeline.data import PreparedData
 from pipeline.errors import UserError
@@ -56,8 +59,8 @@ def model_metadata(
 def export_best(
     model: torch.nn.Module, data: PreparedData, metadata: ModelMetadata, path: Path, cfg: JobConfig
 ) -> ParityReport:
-    """Write the best network to `path` (checked against PyTorch on real test inputs) and log it to
-    the active MLflow run in the PyTorch flavour too."""
+    """Write the best network to `path` (checked against PyTorch on real test inputs) and log its
+    weights and architecture to the active MLflow run too (`log_pytorch_model`)."""
     import mlflow
 
     inputs = data.images["test"][: min(64, len(data.images["test"]))]
@@ -65,25 +68,79 @@ def export_best(
         model, inputs, path, metadata=metadata, opset=cfg.export.opset, tolerance=cfg.export.tolerance
     )
     mlflow.log_metric("onnx_max_abs_diff", parity.max_abs_diff)
-    log_pytorch_model(model, inputs[:2])
+    architecture = {
+        "backbone": cfg.model.backbone,
+        "num_classes": len(data.classes),
+        "in_channels": cfg.model.in_channels,
+        "dropout": cfg.model.dropout,
+        "classes": list(data.classes),
+    }
+    log_pytorch_model(model, architecture)
     return parity
 
 
-def log_pytorch_model(model: torch.nn.Module, example: torch.Tensor) -> None:
-    """The best network in MLflow's PyTorch flavour too (for fine-tuning further or inspecting it)."""
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
+PYTORCH_ARTIFACTS = "pytorch-model"  # artifact folder of the run: state_dict.pt and architecture.json
 
-    model.eval()
-    with torch.no_grad():
-        out = model(example).numpy()
-    mlflow.pytorch.log_model(
-        model,
-        name="pytorch-model",
-        signature=infer_signature(example.numpy(), out),
-        input_example=example.numpy(),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "efficientnet-lite-pytorch==0.1.0"],
+
+def log_pytorch_model(model: torch.nn.Module, architecture: dict[str, Any]) -> None:
+    """The network's weights as a plain state dict (``pytorch-model/state_dict.pt``, loadable with
+    ``torch.load(weights_only=True)``: no pickled code, unlike MLflow's PyTorch flavour) and what
+    rebuilds it (``pytorch-model/architecture.json``: backbone, num_classes, in_channels, dropout,
+    classes), as artifacts of the active run. `load_pytorch_model` reads them back."""
+    import mlflow
+
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state, Path(tmp) / "state_dict.pt")
+        (Path(tmp) / "architecture.json").write_text(json.dumps(architecture, indent=2))
+        mlflow.log_artifacts(tmp, artifact_path=PYTORCH_ARTIFACTS)
+
+
+def load_pytorch_model(source: str, *, tracking_uri: str | None = None) -> torch.nn.Module:
+    """The network `log_pytorch_model` logged, rebuilt with `models.build_model` (eval mode).
+
+    Args:
+        source: a run id, or an artifact URI of the folder (``runs:/RUN_ID/pytorch-model``, or any
+            URI MLflow downloads).
+        tracking_uri: the store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).
+
+    Raises:
+        UserError: the URI could reach outside the store, does not resolve, or holds no
+            state_dict.pt and architecture.json.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from deploy.store import check_model_uri, check_server
+    from pipeline.tracking import resolve_tracking_uri, use_store
+
+    uri = source if ":" in source else f"runs:/{source}/{PYTORCH_ARTIFACTS}"
+    check_model_uri(uri)
+    store = resolve_tracking_uri(tracking_uri)
+    check_server(store)
+    use_store(store)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except MlflowException as exc:
+            raise UserError(f"cannot download {uri!r} from the store {store}: {exc.message}") from None
+        files = {name: local / name for name in ("state_dict.pt", "architecture.json")}
+        if not all(f.is_file() for f in files.values()):
+            raise UserError(
+                f"{uri!r} holds no state_dict.pt and architecture.json; give the run id of a `pipeline run` "
+                f"(or its runs:/RUN_ID/{PYTORCH_ARTIFACTS} folder)"
+            )
+        arch = json.loads(files["architecture.json"].read_text())
+        state = torch.load(files["state_dict.pt"], map_location="cpu", weights_only=True)
+    model = build_model(
+        arch["backbone"],
+        num_classes=int(arch["num_classes"]),
+        pretrained=False,
+        in_channels=int(arch["in_channels"]),
+        dropout=float(arch["dropout"]),
     )
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def check_compatible(metadata: ModelMetadata, data: PreparedData) -> None:

@@ -7,6 +7,7 @@ scores with `pipeline.evaluate`) -> report (`pipeline.report`) -> export (`pipel
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,14 @@ from pipeline.plots import to_png
 from pipeline.registry import Registration, next_version, register_best, register_variants
 from pipeline.report import Aggregate, TrialResult, aggregate, log_comparison
 from pipeline.resume import ResumePoint, resume_point
-from pipeline.tracking import ensure_experiment, log_png, resolve_tracking_uri, tracked_run, use_store
+from pipeline.tracking import (
+    check_server,
+    ensure_experiment,
+    log_png,
+    resolve_tracking_uri,
+    tracked_run,
+    use_store,
+)
 from pipeline.train import select_device
 from pipeline.trials import run_trials, training_plan, trial_name
 
@@ -69,6 +77,7 @@ def run_job(
     import mlflow
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    check_server(tracking_uri, source="tracking.uri")  # before MLflow retries for minutes
     use_store(tracking_uri)
     device = setup_device(cfg)
     echo(f"[1/4] data: {cfg.data.source}, {cfg.transform.kind} inputs of {cfg.transform.image_size} px")
@@ -144,7 +153,7 @@ def check_before_training(
     cfg: JobConfig, device: torch.device, *, resume: bool, echo: Callable[[str], None]
 ) -> None:
     """What would otherwise fail after hours of training: torchrun with --resume, missing
-    weights, an export folder that cannot be made."""
+    weights, an export folder that cannot be made or written."""
     world = distributed.world()
     if world is not None:
         if resume:
@@ -162,6 +171,14 @@ def check_before_training(
     except OSError as exc:
         raise UserError(
             f"export.dir: cannot create {str(cfg.export.dir)!r} ({exc.strerror}); choose a writable folder"
+        ) from None
+    try:  # exists is not enough: checkpoints are written there after the first epoch
+        with tempfile.NamedTemporaryFile(dir=cfg.export.dir, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"export.dir: cannot write files in {str(cfg.export.dir)!r} ({exc.strerror or exc}); "
+            "choose a writable folder or fix its permissions"
         ) from None
 
 

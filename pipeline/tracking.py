@@ -10,6 +10,7 @@ from typing import Any
 
 from deploy.store import (  # the serving side resolves models:/ URIs too
     DEFAULT_DB,
+    check_server,
     download_model,
     is_local_store,
     quiet_mlflow,
@@ -20,12 +21,14 @@ from pipeline.errors import UserError
 
 __all__ = [
     "DEFAULT_DB",
+    "check_server",
     "download_model",
     "ensure_experiment",
     "is_local_store",
     "log_png",
     "quiet_mlflow",
     "resolve_tracking_uri",
+    "runs_started",
     "tracked_run",
     "use_store",
 ]
@@ -51,12 +54,21 @@ def ensure_experiment(name: str, *, tracking_uri: str, artifact_dir: Path) -> st
     return client.create_experiment(name, artifact_location=location)
 
 
+_started: list[str] = []  # ids of the runs `tracked_run` started in this process
+
+
+def runs_started() -> int:
+    """How many MLflow runs `tracked_run` started in this process (Ctrl-C marks those in progress KILLED)."""
+    return len(_started)
+
+
 @contextmanager
 def tracked_run(**kwargs: Any) -> Iterator[Any]:
     """`mlflow.start_run` that ends FAILED on an error and KILLED on Ctrl-C (what was logged stays)."""
     import mlflow
 
     run = mlflow.start_run(**kwargs)
+    _started.append(run.info.run_id)
     try:
         yield run
     except KeyboardInterrupt:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -115,3 +117,23 @@ def test_unwritable_export_dir_is_a_clear_error_before_training(tmp_path):
     assert (
         proc.returncode == 2 and "export.dir: cannot create" in proc.stderr and "Traceback" not in proc.stderr
     )
+
+
+def test_strict_types_refuse_booleans_and_strings_for_numbers(tmp_path):
+    path = write_config(tmp_path / "job.yaml", {"train": {"epochs": True}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "train.epochs: expected an integer, got True (a boolean)" in str(info.value)
+    for override, expected in (
+        ("train.epochs=true", "train.epochs: expected an integer"),
+        ('train.epochs="3"', "train.epochs: expected an integer, got '3' (a string)"),
+        ("train.momentum=true", "train.momentum: expected a number"),
+        ("train.nesterov=1", "train.nesterov: expected true or false, got 1"),
+        ("model.in_channels=true", "model.in_channels: expected 1 or 3"),
+        ("data.cache=0", "data.cache: expected true or false"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            load_config(None, [override])
+    # still accepted: an integer for a float, strings for paths, YAML lists for tuples
+    cfg = load_config(None, ["transform.cwt.f_max=5000", "export.dir=out", "train.seeds=[0, 1]"])
+    assert cfg.transform.cwt.f_max == 5000.0 and cfg.export.dir.name == "out" and cfg.train.seeds == (0, 1)

@@ -138,3 +138,43 @@ def test_the_inference_benchmark_times_a_given_export(tmp_path):
         timeout=600,
     )
     assert bad.returncode != 0 and "no such file" in bad.stderr
+
+
+def test_pytorch_model_is_logged_as_a_state_dict_and_loads_back_with_the_same_logits(workdir):
+    import json
+
+    import mlflow
+
+    from pipeline.export import PYTORCH_ARTIFACTS, load_pytorch_model, log_pytorch_model
+    from pipeline.tracking import ensure_experiment, tracked_run, use_store
+
+    uri = f"sqlite:///{workdir / 'store.db'}"
+    use_store(uri)
+    exp = ensure_experiment("t", tracking_uri=uri, artifact_dir=workdir / "art")
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", num_classes=3, pretrained=False, in_channels=1, dropout=0.3)
+    model.eval()
+    architecture = {"backbone": "efficientnet_lite0", "num_classes": 3, "in_channels": 1, "dropout": 0.3}
+    with tracked_run(experiment_id=exp) as run:
+        log_pytorch_model(model, {**architecture, "classes": ["a", "b", "c"]})
+    run_id = run.info.run_id
+    client = mlflow.MlflowClient(uri)
+    names = {a.path for a in client.list_artifacts(run_id, PYTORCH_ARTIFACTS)}
+    assert names == {f"{PYTORCH_ARTIFACTS}/state_dict.pt", f"{PYTORCH_ARTIFACTS}/architecture.json"}
+    assert not client.search_logged_models(experiment_ids=[exp])  # no pickled MLflow flavour
+    folder = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=PYTORCH_ARTIFACTS, tracking_uri=uri, dst_path=str(workdir / "dl")
+    )
+    state = torch.load(f"{folder}/state_dict.pt", map_location="cpu", weights_only=True)
+    assert set(state) == set(model.state_dict())
+    assert (
+        json.loads((workdir / "dl" / PYTORCH_ARTIFACTS / "architecture.json").read_text())["in_channels"] == 1
+    )
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        for source in (run_id, f"runs:/{run_id}/{PYTORCH_ARTIFACTS}"):
+            loaded = load_pytorch_model(source, tracking_uri=uri)
+            assert not loaded.training and torch.equal(loaded(x), expected)
+    with pytest.raises(UserError, match="holds no state_dict.pt"):
+        load_pytorch_model(f"runs:/{run_id}/{PYTORCH_ARTIFACTS}/architecture.json", tracking_uri=uri)

@@ -7,6 +7,7 @@ import torch
 from models import build_model, get_preprocessing, list_backbones
 from models.efficientnet_lite import lite0_weights_path
 from pipeline.metrics import classification_metrics, confusion_matrix
+from signal2image.errors import UserError
 
 
 @pytest.mark.parametrize("name", list_backbones())
@@ -45,3 +46,22 @@ def test_metrics_on_a_known_confusion_matrix():
     f1 = [0.75, 2 * (1 / 3) * 0.5 / (1 / 3 + 0.5), 2 * 0.75 / 1.75]
     assert m["macro_f1"] == pytest.approx(np.mean(f1))
     assert m["balanced_accuracy"] == pytest.approx(np.mean([0.75, 0.5, 0.75]))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_weights_that_are_no_checkpoint_or_do_not_fit_say_so_briefly(tmp_path, backbone):
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(UserError) as info:
+        build_model(backbone, num_classes=2, pretrained=True, weights_path=text)
+    assert "is not a PyTorch checkpoint (torch.load failed: " in str(info.value)
+    other = tmp_path / "other.pth"
+    torch.save({f"layer{i}.weight": torch.zeros(1) for i in range(8)}, other)
+    with pytest.raises(UserError) as info:
+        build_model(backbone, num_classes=2, pretrained=True, weights_path=other)
+    msg = str(info.value)
+    assert (
+        f"does not fit backbone {backbone!r}" in msg and "8 unexpected keys" in msg and "missing keys" in msg
+    )
+    assert "... 3 more" in msg and "layer5.weight" not in msg and len(msg) < 800  # at most 5 names of each
+    assert "set model.backbone" in msg

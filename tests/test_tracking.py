@@ -3,7 +3,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from pipeline.tracking import ensure_experiment, tracked_run, use_store
+from pipeline.errors import UserError
+from pipeline.tracking import download_model, ensure_experiment, tracked_run, use_store
 
 
 def test_failed_and_interrupted_runs_keep_their_status_and_data(workdir):
@@ -35,3 +36,28 @@ def test_deleted_experiment_is_a_clear_error(workdir):
     mlflow.MlflowClient(uri).delete_experiment(exp)
     with pytest.raises(UserError, match="was deleted; restore it"):
         ensure_experiment("gone", tracking_uri=uri, artifact_dir=workdir / "art")
+
+
+def test_model_uris_cannot_reach_outside_the_store(workdir, monkeypatch):
+    uri = f"sqlite:///{workdir / 'store.db'}"
+    use_store(uri)
+    exp = ensure_experiment("t", tracking_uri=uri, artifact_dir=workdir / "art")
+    (workdir / "model.onnx").write_bytes(b"onnx")
+    (workdir / "secret.txt").write_text("not for you")
+    with tracked_run(experiment_id=exp) as run:
+        mlflow.log_artifact(str(workdir / "model.onnx"), "model")
+    run_id = run.info.run_id
+    assert download_model(f"runs:/{run_id}/model", tracking_uri=uri).read_bytes() == b"onnx"
+    depth = "../" * len((workdir / "art").resolve().parts)
+    for bad, rule in (
+        (f"runs:/{run_id}/{depth}{str(workdir / 'secret.txt').lstrip('/')}", "'..' path segment"),
+        (f"runs:/{run_id}/model/%2e%2e/%2e%2e/secret.txt", "'..' path segment"),
+        (f"runs:/{run_id}//etc/passwd", "absolute artifact path after the run id"),
+    ):
+        with pytest.raises(UserError) as info:
+            download_model(bad, tracking_uri=uri)
+        assert bad in str(info.value) and rule in str(info.value) and "no '..' segments" in str(info.value)
+    # and whatever MLflow returns must lie in the download folder
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda **kwargs: str(workdir / "secret.txt"))
+    with pytest.raises(UserError, match="outside the download folder"):
+        download_model(f"runs:/{run_id}/model", tracking_uri=uri)

@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.ingest.manifest import read_manifest
+from signal2image.errors import require
 from signal2image.imageio import decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -110,10 +111,7 @@ def read_image_manifest(manifest: Path) -> ImageIngest:
 
 def load_elpv(threshold: float) -> ImageIngest:
     """The ELPV solar-cell set (PyPI `elpv-dataset`): `defective` when the defect probability >= threshold."""
-    try:
-        import elpv_dataset
-    except ImportError:
-        raise UserError("the ELPV data set is not installed: pip install elpv-dataset==1.0.0.post1") from None
+    elpv_dataset = require("elpv_dataset", "elpv", "data.source: elpv (the ELPV solar-cell set)")
     data_dir = Path(elpv_dataset.__file__).parent / "data"
     table = np.genfromtxt(
         data_dir / "labels.csv", dtype=["|S19", "<f8", "|S4"], names=["path", "probability", "type"]

