@@ -11,7 +11,8 @@ The models are the default job's network (EfficientNet-Lite0, 64 px; CWT cmor1.5
 64 scales, 12.8 kHz, 2,048-sample windows) with random weights unless --signal-model/--image-model
 give trained exports: speed does not depend on the weights.
 
-    python benchmarks/load_service.py [--clients 32] [--requests 8] [--rounds 5]
+    python benchmarks/load_service.py [--clients 32] [--requests 8] [--rounds 5] [--kinds image]
+    python benchmarks/load_service.py --compare-root ../before   # this tree against another checkout
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, model: Path, *flags: str) -> None:
+    def __init__(self, model: Path, *flags: str, root: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -91,7 +92,8 @@ class Service:
                 str(self.port),
                 *flags,
             ],
-            cwd=ROOT,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -153,6 +155,14 @@ def main() -> None:
     parser.add_argument("--signal-model", type=Path, default=None)
     parser.add_argument("--image-model", type=Path, default=None)
     parser.add_argument("--threads", default=None, help="--threads passed to both services")
+    parser.add_argument(
+        "--compare-root",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. the code before a change): its service, batching on, against this "
+        "tree's, rounds alternating; reports this / other per round instead of batching on / off",
+    )
+    parser.add_argument("--kinds", default="signal,image", help="request kinds to run (signal, image)")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp())
@@ -177,11 +187,20 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"{args.clients} clients x {args.requests} requests x {args.rounds} rounds per mode"
     )
+    batching = ["--max-batch", "32", "--max-wait-ms", "5", *extra]
     for kind, (model, path, body, headers) in kinds.items():
-        services = {
-            "batching on": Service(model, "--max-batch", "32", "--max-wait-ms", "5", *extra),
-            "batching off": Service(model, "--no-batching", *extra),
-        }
+        if kind not in args.kinds.split(","):
+            continue
+        if args.compare_root is None:
+            services = {
+                "batching on": Service(model, *batching),
+                "batching off": Service(model, "--no-batching", *extra),
+            }
+        else:
+            services = {
+                "this tree": Service(model, *batching),
+                "other": Service(model, *batching, root=args.compare_root.resolve()),
+            }
         try:
             for service in services.values():  # warm both
                 round_of(service.url, path, body, headers, 4, 2)
@@ -199,10 +218,9 @@ def main() -> None:
                     f"p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms  "
                     f"errors {sum(r['err'])}/{len(r['lat'])}"
                 )
-            ratio = statistics.median(
-                a / b for a, b in zip(results["batching on"]["rps"], results["batching off"]["rps"])
-            )
-            print(f"  {kind:6s} throughput batching on / off: median {ratio:.2f}x over {args.rounds} rounds")
+            first, second = list(results)
+            ratio = statistics.median(a / b for a, b in zip(results[first]["rps"], results[second]["rps"]))
+            print(f"  {kind:6s} throughput {first} / {second}: median {ratio:.2f}x over {args.rounds} rounds")
         finally:
             for service in services.values():
                 service.stop()

@@ -25,12 +25,27 @@ FAULT_CLASSES = ("healthy", "tooth_crack", "wear", "outer_race", "inner_race")
 STRATEGY_KINDS = ("scratch", "linear_probe", "finetune", "discriminative", "gradual_unfreeze")
 
 
+def _tuples(value: Any) -> Any:
+    """YAML lists as tuples, all the way down: the strict schema takes a tuple where a list is written."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, types are strict (``true`` is no number,
     ``1`` and ``"3"`` are no boolean or integer; an integer is a valid float) and a loaded config
     cannot change. Path fields take strings (`_lax`); `load_config` turns YAML lists into tuples."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, data: Any) -> Any:
+        """Python callers write lists as YAML does (`SimulatorConfig(snr_db=[5, 10])`)."""
+        return _tuples(data) if isinstance(data, dict) else data
 
 
 def _lax(default: Any = None, **kwargs: Any) -> Any:
@@ -760,15 +775,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
-def _tuples(value: Any) -> Any:
-    """YAML lists as tuples, all the way down: the strict schema takes a tuple where a list is written."""
-    if isinstance(value, dict):
-        return {key: _tuples(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(item) for item in value)
-    return value
 
 
 def _list_item(node: list[Any], part: str, where: list[str]) -> Any:

@@ -43,7 +43,7 @@ def nyquist_problem(f_max: float, fs: float, field: str) -> str | None:
     """
     if f_max > fs / 2:
         return (
-            f"{field} = {f_max:g} Hz is above the Nyquist frequency {fs / 2:g} Hz of the data "
+            f"{field} = {f_max:g} Hz is above the Nyquist frequency fs/2 = {fs / 2:g} Hz of the data "
             f"(sampled at {fs:g} Hz); lower it to at most {fs / 2:g}"
         )
     return None

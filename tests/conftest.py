@@ -42,6 +42,29 @@ def _restore_rng():
     torch.set_rng_state(state[2])
 
 
+@pytest.fixture(autouse=True)
+def _restore_mlflow_store():
+    """A test that runs a job in-process (`pipeline.cli.main`) points MLflow's global tracking and
+    registry URIs at its own store, and MLflow exports them to the environment, where the next
+    test's subprocess jobs would inherit them: undo both after every test."""
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        from mlflow.tracking._model_registry import utils as registry_utils
+
+        mlflow.set_tracking_uri(None)
+        registry_utils._registry_uri = None
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """An empty working directory with no tracking URI from the environment."""

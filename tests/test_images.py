@@ -299,3 +299,14 @@ def test_image_job_end_to_end_with_a_corrupt_file(tmp_path):
         "predict", "--model", "models:/parts-defect@champion", str(root / "blob" / "broken.png"), cwd=tmp_path
     )
     assert bad.returncode == 2 and "not a readable image" in bad.stderr
+
+
+@pytest.mark.parametrize("policy", ["resize", "center_crop", "pad"])
+def test_a_batch_resizes_like_each_image_alone(policy):
+    rng = np.random.default_rng(5)
+    images = [rng.random((90, 70, 3)).astype(np.float32), rng.random((90, 70)).astype(np.float32)]
+    images += [rng.random((50, 120)).astype(np.float32), images[0] * 0.5]
+    t = ImageTransform(image_size=32, policy=policy)
+    together = t.fit_sizes(images).numpy()
+    for i, image in enumerate(images):
+        assert np.allclose(together[i], t.fit_size(image).numpy(), rtol=0, atol=1e-6)
