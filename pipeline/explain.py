@@ -525,6 +525,8 @@ def resolve_model(source: str, *, tracking_uri: str | None = None) -> ExplainMod
     Raises:
         UserError: naming ``--model``: an ONNX (or other) file, an unknown version or run.
     """
+    if source.lower().endswith(".onnx") or Path(source).is_file():  # said before MLflow is imported
+        raise UserError(ONNX_REFUSAL.format(source=source))
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -532,8 +534,6 @@ def resolve_model(source: str, *, tracking_uri: str | None = None) -> ExplainMod
     from deploy.store import check_model_uri, check_server, download_model, resolve_tracking_uri, use_store
     from pipeline.export import load_pytorch_model
 
-    if source.lower().endswith(".onnx") or Path(source).is_file():
-        raise UserError(ONNX_REFUSAL.format(source=source))
     check_model_uri(source)
     store = resolve_tracking_uri(tracking_uri)
     check_server(store, source="--tracking-uri")

@@ -208,8 +208,9 @@ def test_explain_cli_writes_png_with_hz_bands_and_json(job, capsys):
     assert "relevance for 'wear'" in line and "Hz" in line and (out / "sig.ig.png").is_file()
 
 
-def test_explain_accepts_runs_uri_and_run_id_and_refuses_a_trial_run(job, capsys):
+def test_explain_accepts_runs_uri_and_run_id_and_refuses_a_trial_run(job, capsys, monkeypatch):
     work, uri, _, parent, child = job
+    monkeypatch.chdir(work)  # the PNGs go to the default ./explanations
     run_id = parent.info.run_id
     for model in (f"runs:/{run_id}", run_id):
         code = main(["explain", "--model", model, str(work / "sig.npy"), "--json", "--tracking-uri", uri])
