@@ -314,3 +314,11 @@ def test_relevance_of_bearing_faults_concentrates_in_the_recordings_resonance_ba
     elsewhere, _ = _resonance_shares(attr.maps, axes, farthest)
     print(f"inside the farthest other test recording's resonance +- 20 %: {elsewhere:.3f}")
     assert elsewhere < inside
+
+
+def test_explain_refuses_uris_reaching_outside_the_store(tmp_path, capsys):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for model in ("runs:/0123abcd/../../etc/passwd", "no/such/dir.pt"):
+        assert main(["explain", "--model", model, "x.npy", "--tracking-uri", store]) == 2
+        err = capsys.readouterr().err
+        assert "model" in err and ("'..'" in err or "not a run id" in err), err
