@@ -1,4 +1,5 @@
-"""Backbones (a registry of builders), their pretrained weights, preprocessing and layer groups.
+"""Backbones (a registry of builders), their pretrained weights, preprocessing, layer groups and
+explanation layers.
 
 Importing the package registers every backbone (EfficientNet-Lite, torchvision's zoo).
 Dependency rule: models imports only signal2image (for `UserError`), nothing from pipeline or deploy.
@@ -11,6 +12,7 @@ from models.registry import (
     WeightsNotFoundError,
     adapt_first_conv,
     build_model,
+    explain_layer,
     get_preprocessing,
     head_path,
     layer_groups,
@@ -24,6 +26,7 @@ __all__ = [
     "WeightsNotFoundError",
     "adapt_first_conv",
     "build_model",
+    "explain_layer",
     "get_preprocessing",
     "head_path",
     "layer_groups",

@@ -57,6 +57,18 @@ def _stage_of_block(variant: int) -> tuple[int, ...]:
     return tuple(stages)
 
 
+@functools.cache
+def _stride8_block(variant: int) -> int:
+    """Index of the last MBConv block at stride 8 (the stem halves, then every stride-2 block)."""
+    stride, last = 2, 0
+    for i, block in enumerate(EfficientNet.from_name(f"efficientnet-lite{variant}")._blocks):
+        s = block._block_args.stride
+        stride *= int(s[0] if isinstance(s, (list, tuple)) else s)
+        if stride == 8:
+            last = i
+    return last
+
+
 def _lite_groups(variant: int) -> Callable[[str], str]:
     def group(name: str) -> str:
         first = name.split(".")[0]
@@ -91,7 +103,13 @@ def _build_lite(
 def _register_lite(variant: int, input_size: int) -> None:
     preprocessing = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=input_size)
 
-    @register_backbone(f"efficientnet_lite{variant}", preprocessing, head="_fc", groups=_lite_groups(variant))
+    @register_backbone(
+        f"efficientnet_lite{variant}",
+        preprocessing,
+        head="_fc",
+        groups=_lite_groups(variant),
+        explain_layer=f"_blocks.{_stride8_block(variant)}",
+    )
     def build(
         *, num_classes: int, pretrained: bool, dropout: float = 0.2, weights_path: Path | None = None
     ) -> EfficientNet:

@@ -97,13 +97,21 @@ class BackboneEntry:
     preprocessing: Preprocessing
     head: str  # module path of the new classification head (replaced by the linear probe)
     groups: Callable[[str], str]  # parameter name -> layer group (stem, stage<k>, ..., head)
+    # Module path of the layer Grad-CAM explains: the last one at stride 8 (8 x 8 at 64 px), fine
+    # enough to tell frequency bands apart where the last feature map (2 x 2 at 64 px) is not.
+    explain_layer: str = ""
 
 
 _BACKBONES: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(
-    name: str, preprocessing: Preprocessing, *, head: str, groups: Callable[[str], str]
+    name: str,
+    preprocessing: Preprocessing,
+    *,
+    head: str,
+    groups: Callable[[str], str],
+    explain_layer: str,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register a keyword-only builder
     ``fn(*, num_classes, pretrained, dropout, weights_path) -> nn.Module``.
@@ -112,12 +120,16 @@ def register_backbone(
         preprocessing: what the pretrained weights expect (mean, std, input size).
         head: module path of the new head the builder puts in place.
         groups: the layer group of each parameter, by name, in the order stem, stages, head.
+        explain_layer: module path of the layer whose activations Grad-CAM weighs (the deepest
+            layer at stride 8, so a 64 px input gives an 8 x 8 map).
     """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BACKBONES:
             raise ValueError(f"backbone {name!r} is already registered")
-        _BACKBONES[name] = BackboneEntry(fn, preprocessing, head, groups)
+        if not explain_layer:
+            raise ValueError(f"backbone {name!r} needs an explain_layer (the module Grad-CAM explains)")
+        _BACKBONES[name] = BackboneEntry(fn, preprocessing, head, groups, explain_layer)
         return fn
 
     return wrap
@@ -170,6 +182,16 @@ def head_path(name: str) -> str:
         ValueError: unknown name.
     """
     return _entry(name).head
+
+
+def explain_layer(name: str) -> str:
+    """Dotted module path of backbone `name`'s explanation layer (the target of Grad-CAM): the deepest
+    layer at stride 8 of the input, whose map is 8 x 8 at 64 px (28 x 28 at 224 px).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    return _entry(name).explain_layer
 
 
 def build_model(

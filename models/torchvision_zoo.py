@@ -135,6 +135,21 @@ def _mobile_groups(
     return group
 
 
+# The layer Grad-CAM explains: the deepest module whose output is at stride 8 (8 x 8 at 64 px).
+_EXPLAIN_LAYERS: dict[str, str] = {
+    "resnet18": "layer2",
+    "resnet34": "layer2",
+    "resnet50": "layer2",
+    "vgg16": "features.22",  # the ReLU after the last convolution before the fourth pooling
+    "vgg16_bn": "features.32",
+    "mobilenet_v2": "features.6",
+    "mobilenet_v3_large": "features.6",
+    "mobilenet_v3_small": "features.3",
+    "efficientnet_b0": "features.3",
+    "densenet121": "features.denseblock2",
+    "convnext_tiny": "features.3",
+}
+
 # arch: (head module path, group function, dropout module path or None: wrap the head)
 _FAMILIES: dict[str, tuple[str, Callable[[str], str], str | None]] = {
     "resnet18": ("fc", _resnet_groups, None),
@@ -186,7 +201,11 @@ def _register(arch: str) -> None:
     head_path, groups, dropout_path = _FAMILIES[arch]
 
     @register_backbone(
-        arch, _preprocessing(arch), head=head_path if dropout_path else f"{head_path}.1", groups=groups
+        arch,
+        _preprocessing(arch),
+        head=head_path if dropout_path else f"{head_path}.1",
+        groups=groups,
+        explain_layer=_EXPLAIN_LAYERS[arch],
     )
     def build(
         *, num_classes: int, pretrained: bool, dropout: float = 0.2, weights_path: Path | None = None

@@ -1,4 +1,4 @@
-"""The `pipeline` command: run a job, predict with or serve a registered model, open the MLflow UI.
+"""The `pipeline` command: run a job, predict with, explain or serve a registered model, open the MLflow UI.
 
 User errors (config, arguments, input files) print one message and exit with code 2.
 """
@@ -115,6 +115,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_uri(predict)
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
     predict.set_defaults(func=cmd_predict)
+
+    explain = sub.add_parser(
+        "explain",
+        help="which frequencies and times the model looks at: a relevance map per signal file or image",
+        description=(
+            "For each FILE write a PNG: the input image on its Hz x seconds axes (pixels for images), the "
+            "relevance map for the predicted class over it (Grad-CAM on the backbone's stride-8 layer, or "
+            "integrated gradients at input resolution) and the band profile (relevance summed over time "
+            "per frequency band, the top bands in the title). Needs the PyTorch weights the job logged: "
+            "give a registry URI or the job's run id, not an .onnx file (ONNX has no gradients)."
+        ),
+    )
+    explain.add_argument(
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a run id of `pipeline run`",
+    )
+    explain.add_argument(
+        "files", nargs="+", metavar="FILE", help="signal files (.npy, .npz, .csv, ...) or images"
+    )
+    explain.add_argument(
+        "--method",
+        choices=["gradcam", "ig"],
+        default="gradcam",
+        help="gradcam (default; 8 bands at 64 px) or ig (integrated gradients, input resolution, slower)",
+    )
+    explain.add_argument(
+        "--out", metavar="DIR", default="explanations", help="where the PNGs go (default explanations)"
+    )
+    explain.add_argument(
+        "--target", metavar="CLASS", default=None, help="explain this class instead of the predicted one"
+    )
+    explain.add_argument(
+        "--fs",
+        type=_positive_rate,
+        default=None,
+        help="sample rate of the files in Hz (checked against the model's and a rate the file declares)",
+    )
+    explain.add_argument(
+        "--max-windows",
+        type=int,
+        default=32,
+        help="most windows of a signal file to explain, evenly spread (default 32)",
+    )
+    _add_tracking_uri(explain)
+    explain.add_argument(
+        "--json", action="store_true", help="print one JSON object per file with its band profile"
+    )
+    explain.set_defaults(func=cmd_explain)
 
     models_ = sub.add_parser(
         "models",
@@ -365,6 +414,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"{file}: {prediction.label} (p={prediction.probabilities[prediction.label]:.3f}; "
                 f"{agree}/{len(prediction.window_labels)} windows agree)"
             )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """`pipeline explain`: a PNG per file (image, heat map, band profile); one line or JSON object each."""
+    from pipeline.explain import explain_files, resolve_model, top_bands
+
+    if args.max_windows < 1:
+        raise UserError(f"--max-windows must be at least 1, got {args.max_windows}")
+    model = resolve_model(args.model, tracking_uri=args.tracking_uri)
+    results = explain_files(
+        model,
+        args.files,
+        method=args.method,
+        out=Path(args.out),
+        target=args.target,
+        fs=args.fs,
+        max_windows=args.max_windows,
+    )
+    for r in results:
+        if args.json:
+            print(json.dumps(r.to_json()))
+        else:
+            print(f"{r.file}: {r.label}; relevance for {r.target!r}: {top_bands(r.profile)} -> {r.png}")
     return 0
 
 

@@ -518,6 +518,13 @@ class TrainConfig(Section):
         "none", description="imbalance: class-weighted loss, or a sampler drawing classes equally often"
     )
     augment: AugmentConfig = AugmentConfig()
+    explain: bool = Field(
+        True,
+        description=(
+            "log per class the mean Grad-CAM map and band profile over correctly classified test "
+            "samples (explain/ in each trial's run)"
+        ),
+    )
     strategies: tuple[StrategyConfig, ...] = Field(
         (StrategyConfig(name="scratch", lr=3e-3), StrategyConfig(name="finetune", lr=1e-3)), min_length=1
     )

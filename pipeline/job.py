@@ -113,7 +113,7 @@ def run_job(
             previous=earlier.children,
         )
         best = outcome.best
-        log_comparison(cfg, outcome.trials, logged={"examples.png": example_png})
+        log_comparison(cfg, outcome.trials, logged={"examples.png": example_png}, best=best)
         mlflow.set_tags({"best_strategy": best.strategy, "best_run_id": best.run_id})
         mlflow.log_metrics(
             {"best_test_accuracy": best.test_accuracy, "best_test_macro_f1": best.test_macro_f1}

@@ -7,8 +7,10 @@ import base64
 import csv
 import html
 import io
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -135,20 +137,37 @@ def markdown_report(
     return "\n".join(parts)
 
 
+def _figure_html(name: str, png: bytes) -> str:
+    return (
+        f'<figure><img alt="{html.escape(name)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+    )
+
+
 def html_report(
-    title: str, aggregates: Sequence[Aggregate], figures: Mapping[str, bytes], notes: Sequence[str] = ()
+    title: str,
+    aggregates: Sequence[Aggregate],
+    figures: Mapping[str, bytes],
+    notes: Sequence[str] = (),
+    side_by_side: Mapping[str, bytes] | None = None,
+    side_by_side_title: str = "",
 ) -> str:
-    """A self-contained page: the table, then every figure embedded as a PNG data URI."""
+    """A self-contained page: the table, then the `side_by_side` figures in one row (the best trial's
+    confusion matrix and per-class maps) under their heading, then every other figure, each
+    embedded as a PNG data URI."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in a.cells()) + "</tr>" for a in aggregates
     )
-    images = "".join(
-        f'<figure><img alt="{html.escape(name)}" '
-        f'src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
-        f"<figcaption>{html.escape(name)}</figcaption></figure>"
-        for name, png in figures.items()
-    )
+    images = "".join(_figure_html(name, png) for name, png in figures.items())
+    if side_by_side:
+        row = "".join(_figure_html(name, png) for name, png in side_by_side.items())
+        images = (
+            f"<h2>{html.escape(side_by_side_title)}</h2><div class='side'>{row}</div>"
+            if side_by_side_title
+            else f"<div class='side'>{row}</div>"
+        ) + images
     notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
@@ -156,6 +175,7 @@ def html_report(
         "body{font-family:sans-serif;margin:2em;max-width:1100px}"
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}figure{margin:1.5em 0}"
+        ".side{display:flex;gap:1em;align-items:flex-start}.side figure{flex:1 1 auto;margin:0.5em 0}"
         f"</style></head><body><h1>{html.escape(title)}</h1>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes_html}{images}</body></html>"
     )
@@ -164,10 +184,14 @@ def html_report(
 # ----------------------------------------------------------------------------- the report stage
 
 
-def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, bytes]) -> None:
+def log_comparison(
+    cfg: JobConfig, trials: list[TrialResult], logged: dict[str, bytes], best: TrialResult | None = None
+) -> None:
     """The comparison on the parent run: CSV of every trial, Markdown and HTML reports with figures.
 
-    `logged` holds figures already logged (by name) that the reports show too.
+    `logged` holds figures already logged (by name) that the reports show too. With `best`, its
+    confusion matrix and per-class explanation maps (from its child run) are copied to the parent
+    run and shown side by side.
     """
     import mlflow
 
@@ -211,9 +235,44 @@ def log_comparison(cfg: JobConfig, trials: list[TrialResult], logged: dict[str, 
         f"Mean ± standard deviation over seeds {list(cfg.train.seeds)}; test = held-out recordings; "
         f"model chosen by {cfg.train.select_metric}."
     ]
-    mlflow.log_text(markdown_report(title, aggs, list(figures), notes), "report.md")
-    mlflow.log_text(html_report(title, aggs, figures, notes), "report.html")
+    side = best_trial_figures(best) if best is not None else {}
+    for name, png in side.items():
+        log_png(png, name)
+    side_title = (
+        f"Best trial ({best.strategy}, seed {best.seed}, train fraction {best.train_fraction:g}): test "
+        "confusion matrix and mean Grad-CAM per class over its correctly classified test samples"
+        if best is not None
+        else ""
+    )
+    markdown = markdown_report(title, aggs, [*side, *figures], notes)
+    mlflow.log_text(markdown, "report.md")
+    mlflow.log_text(html_report(title, aggs, figures, notes, side, side_title), "report.html")
     mlflow.log_text(trials_csv(trials), "comparison.csv")
+
+
+BEST_FIGURES = {  # the best trial's artifact -> its name on the parent run
+    "confusion_matrix.png": "best_confusion_matrix.png",
+    "explain/classes.png": "best_explanations.png",
+}
+
+
+def best_trial_figures(best: TrialResult) -> dict[str, bytes]:
+    """The best trial's confusion matrix and per-class explanation maps, as logged in its child run
+    (those it does not have, e.g. with `train.explain: false`, are left out)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    out: dict[str, bytes] = {}
+    for artifact, name in BEST_FIGURES.items():
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=best.run_id, artifact_path=artifact, dst_path=tmp
+                )
+                out[name] = Path(local).read_bytes()
+        except (MlflowException, OSError):
+            continue
+    return out
 
 
 def mean_history(trials: tuple[TrialResult, ...]) -> list[dict[str, float]]:

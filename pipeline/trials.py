@@ -1,7 +1,8 @@
 """The training stage: every strategy x train fraction x seed, each in its own MLflow child run.
 
 A trial trains one network (`pipeline.train.fit`), scores it on the test split
-(`pipeline.evaluate`) and logs both. The best trial by the validation metric
+(`pipeline.evaluate`), logs both and, with `train.explain`, the per-class relevance maps of the
+test samples it classified correctly (`pipeline.explain`). The best trial by the validation metric
 (`train.select_metric`) is kept in memory for the export stage. Under torchrun the ranks other
 than 0 run `run_worker`: the same trials in the same order, training only.
 """
@@ -26,6 +27,7 @@ from pipeline.config import JobConfig, StrategyConfig
 from pipeline.data import PreparedData, prepare_data, train_subset
 from pipeline.errors import UserError
 from pipeline.evaluate import evaluate_on_test, log_test_evaluation
+from pipeline.explain import log_job_explanations
 from pipeline.plots import learning_curves_figure, to_png
 from pipeline.report import TrialResult
 from pipeline.tracking import log_png, tracked_run
@@ -183,6 +185,11 @@ def run_trial(
             }
         )
         log_test_evaluation(test, data.classes, name)
+        if cfg.train.explain:
+            explained = log_job_explanations(
+                model, data, test.probabilities, backbone=cfg.model.backbone, name=name
+            )
+            echo(f"  {name:>12s}: explained {sum(e.samples for e in explained)} correct test samples")
         curves = learning_curves_figure(
             {name: result.history}, f"{name} ({weights} weights, lr {strategy.lr:g})"
         )
