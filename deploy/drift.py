@@ -256,7 +256,7 @@ class DriftMonitor:
         *,
         window: int = 200,
         alpha: float = 0.01,
-        permutations: int = 500,
+        permutations: int = 200,
         step: int | None = None,
         neighbours: int | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
@@ -283,6 +283,8 @@ class DriftMonitor:
         self._bands: collections.deque[np.ndarray] = collections.deque(maxlen=self.window)
         self._conditions: collections.deque[np.ndarray] = collections.deque(maxlen=self.window)
         self._new = 0
+        self._observed = 0  # rows moved into the window so far
+        self._tested_at = 0  # rows observed when the last test ran
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -290,6 +292,8 @@ class DriftMonitor:
         self._state: dict[str, Any] = {
             "score": None,
             "p_value": None,
+            "p_value_matched": None,
+            "p_value_all": None,
             "alarm": False,
             "since": None,
             "evaluated_at": None,
@@ -345,10 +349,14 @@ class DriftMonitor:
                 self._bands.append(bands[row])
                 self._conditions.append(conditions[row])
             self._new += len(features)
+            with self._lock:
+                self._observed += len(features)
         if len(self._features) < self.window or self._new < self.step:
             return False
         self._new = 0
         self._evaluate()
+        with self._lock:  # after the test: observed - tested_at < step says the window is judged
+            self._tested_at = self._observed
         return True
 
     def _space(self, features: np.ndarray, bands: np.ndarray) -> np.ndarray:
@@ -447,6 +455,14 @@ class DriftMonitor:
         reference, window, matched_on, compared_with = self.judged(window_space, conditions)
         with _one_blas_thread():
             result = mmd_test(reference, window, permutations=self.permutations)
+            # With conditions, an intersection-union test: the alarm needs the window to differ from
+            # the reference matched on its conditions AND from the whole reference (p = the larger).
+            p_all = (
+                mmd_test(self._ref_space, window_space, permutations=self.permutations).p_value
+                if matched_on
+                else result.p_value
+            )
+        p_value = max(result.p_value, p_all)
         # Band change in reference std units: against the reference, or what it expects at the conditions.
         width = len(self.reference.band_mean)
         change = (window[:, -width:].mean(axis=0) - reference[:, -width:].mean(axis=0)) * math.sqrt(width)
@@ -459,13 +475,15 @@ class DriftMonitor:
             }
             for b in np.argsort(-np.abs(change))[:3]
         ]
-        alarm = result.p_value < self.alpha
+        alarm = p_value < self.alpha
         outside = self._outside(conditions)
         with self._lock:
             state = self._state
             state.update(
                 score=result.score,
-                p_value=result.p_value,
+                p_value=p_value,
+                p_value_matched=result.p_value if matched_on else None,
+                p_value_all=p_all,
                 bandwidth=result.bandwidth,
                 evaluated_at=_now(),
                 evaluations=state["evaluations"] + 1,
@@ -492,6 +510,7 @@ class DriftMonitor:
         with self._lock:
             state = dict(self._state)
             n = len(self._features)
+            counts = {"observed": self._observed, "tested_at": self._tested_at}
         return {
             "available": True,
             "model_version": self.label,
@@ -499,6 +518,8 @@ class DriftMonitor:
             "n_in_window": n,
             "alpha": self.alpha,
             **state,
+            **counts,
+            "step": self.step,
             "reference_samples": self.reference.size,
             "test": f"MMD (RBF kernel, median heuristic), {self.permutations} permutations",
         }

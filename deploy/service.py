@@ -105,7 +105,7 @@ class ServiceSettings:
     drift: bool = True
     drift_window: int = 200
     drift_alpha: float = 0.01
-    drift_permutations: int = 500
+    drift_permutations: int = 200
 
 
 class ApiError(Exception):
