@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 import signal2image
-from deploy.metadata import ModelMetadata
+from deploy.metadata import FEATURES_OUTPUT, ModelMetadata
 from deploy.signal_request import RequestError, prepare_signal, probabilities
 from signal2image import ImageTransform, SignalToImage
 from signal2image.base import zscore
@@ -67,6 +67,18 @@ class SignalPrediction:
     window_labels: list[str]
 
 
+@dataclass(frozen=True)
+class BatchOutput:
+    """One model run: probabilities, the rows that cannot be trusted ({row: reason}), and what the
+    drift watch reads: the ``features`` output (None for a model exported without it) and the
+    network inputs."""
+
+    probs: np.ndarray
+    problems: dict[int, str]
+    features: np.ndarray | None = None
+    inputs: np.ndarray | None = None
+
+
 class OnnxInferencer:
     """Loads an exported model and predicts from raw windows, whole signals or network inputs.
 
@@ -102,6 +114,11 @@ class OnnxInferencer:
             raise UserError(f"{self.path}: its transform cannot be rebuilt ({exc})") from None
         self.classes: list[str] = list(self.metadata.classes)
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # The logits are the first output; models exported with a drift reference also have "features".
+        self.features_index = (
+            self.output_names.index(FEATURES_OUTPUT) if FEATURES_OUTPUT in self.output_names[1:] else None
+        )
 
     @classmethod
     def from_uri(cls, uri: str, *, tracking_uri: str | None = None, **kwargs: Any) -> OnnxInferencer:
@@ -153,14 +170,21 @@ class OnnxInferencer:
         """Like `predict_inputs`, but the rows that cannot be trusted are returned as
         {row: reason} instead of raised (their probabilities are NaN): a batch of several requests
         fails only the requests at fault."""
+        out = self.run_inputs(images)
+        return out.probs, out.problems
+
+    def run_inputs(self, images: np.ndarray) -> BatchOutput:
+        """`predict_inputs_checked` with the ``features`` output and the inputs kept (one run gives both)."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         problems = _non_finite_rows(images, "the network input (after the transform)")
-        logits = self.session.run(None, {self.input_name: images})[0]
+        outputs = self.session.run(None, {self.input_name: images})
+        logits = outputs[0]
         for row, reason in _non_finite_rows(logits, "the network's output").items():
             problems.setdefault(row, reason)
         probs = _softmax(logits)
         probs[list(problems)] = np.nan
-        return probs, problems
+        features = None if self.features_index is None else outputs[self.features_index]
+        return BatchOutput(probs, problems, features, images)
 
     def predict_images(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images (float [0, 1], (H, W) or (H, W, 3), any size) -> probabilities (N, n_classes)."""
@@ -168,9 +192,14 @@ class OnnxInferencer:
 
     def predict_images_checked(self, images: list[np.ndarray]) -> tuple[np.ndarray, dict[int, str]]:
         """`predict_images` with untrustworthy rows returned (see `predict_inputs_checked`)."""
+        out = self.run_images(images)
+        return out.probs, out.problems
+
+    def run_images(self, images: list[np.ndarray]) -> BatchOutput:
+        """`predict_images_checked` with the features and inputs kept (see `run_inputs`)."""
         if not isinstance(self.transform, ImageTransform):
             raise UserError("this model classifies signal windows, not images")
-        return self.predict_inputs_checked(self.transform(images).numpy())
+        return self.run_inputs(self.transform(images).numpy())
 
     def predict_windows(self, windows: np.ndarray, *, normalised: bool = False) -> np.ndarray:
         """Raw windows (N, L) or (N, C, L) of the model's length -> probabilities (N, n_classes).
@@ -188,6 +217,11 @@ class OnnxInferencer:
         self, windows: np.ndarray, *, normalised: bool = False
     ) -> tuple[np.ndarray, dict[int, str]]:
         """`predict_windows` with untrustworthy rows returned (see `predict_inputs_checked`)."""
+        out = self.run_windows(windows, normalised=normalised)
+        return out.probs, out.problems
+
+    def run_windows(self, windows: np.ndarray, *, normalised: bool = False) -> BatchOutput:
+        """`predict_windows_checked` with the features and inputs kept (see `run_inputs`)."""
         if not isinstance(self.transform, SignalToImage):
             raise UserError("this model classifies images, not signal windows")
         windows = np.asarray(windows, dtype=np.float32)
@@ -206,11 +240,11 @@ class OnnxInferencer:
             inputs = self.transform(windows).numpy()
         except ValueError as exc:
             raise UserError(f"cannot turn the windows into images: {exc}") from None
-        probs, later = self.predict_inputs_checked(inputs)
-        for row, reason in later.items():
+        out = self.run_inputs(inputs)
+        for row, reason in out.problems.items():
             problems.setdefault(row, reason)
-        probs[list(problems)] = np.nan
-        return probs, problems
+        out.probs[list(problems)] = np.nan
+        return BatchOutput(out.probs, problems, out.features, out.inputs)
 
     def signal_windows(
         self, signal: np.ndarray, fs: float | None = None, *, resample: bool = False, names: Any = None
@@ -271,4 +305,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
         return e / e.sum(axis=1, keepdims=True)
 
 
-__all__ = ["OnnxInferencer", "RequestError", "SignalPrediction", "choose_providers", "create_session"]
+__all__ = [
+    "BatchOutput",
+    "OnnxInferencer",
+    "RequestError",
+    "SignalPrediction",
+    "choose_providers",
+    "create_session",
+]

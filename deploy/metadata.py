@@ -8,10 +8,16 @@ service, the INT8/FP16 variants, the Triton repository and the CLI read it back 
 Versions: `METADATA_VERSION` is written as the property ``metadata_version``. Files exported before
 the property existed hold the same keys and are read as version 1; a file from a newer version of
 this project is refused with a message instead of being half understood.
+
+Optional parts carry their own version and may be ignored without misreading the model: the drift
+reference (property ``drift_reference``, `DriftReference`, its own ``version``). A file without
+it, or with one this code cannot read, still serves; the reason is kept in
+`ModelMetadata.drift_note` (the service's ``GET /v1/drift`` says drift is unavailable, and why).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -19,9 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from signal2image.errors import UserError
 
 METADATA_VERSION = 1
+DRIFT_REFERENCE_VERSION = 1
+FEATURES_OUTPUT = "features"  # the second ONNX output: PCA-projected penultimate features
 
 
 class MetadataError(UserError):
@@ -51,6 +61,154 @@ class Variant:
     calibration_inputs: int | None = None
 
 
+def encode_array(values: np.ndarray) -> dict[str, Any]:
+    """A float array as compact JSON: shape and little-endian float32 bytes in base64."""
+    array = np.ascontiguousarray(values, dtype="<f4")
+    return {"shape": list(array.shape), "float32": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def decode_array(doc: Mapping[str, Any]) -> np.ndarray:
+    """`encode_array`'s JSON back to a float32 array (ValueError when the size does not match)."""
+    shape = tuple(int(n) for n in doc["shape"])
+    array = np.frombuffer(base64.b64decode(doc["float32"]), dtype="<f4").astype(np.float32)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"an array of shape {list(shape)} holds {array.size} values")
+    return array.reshape(shape)
+
+
+@dataclass(frozen=True, eq=False)
+class DriftReference:
+    """What the service's drift watch compares recent requests with: a sample of the training data.
+
+    Attributes:
+        features: (n, k) the network's ``features`` output (penultimate features projected by the
+            PCA that is part of the graph) of a seeded sample of training inputs.
+        bands: (n, B) the same samples' band energies: the network input's mean over channels and
+            time in each band of image rows (`band_rows`).
+        band_rows: B + 1 row boundaries of the bands in the network input (row 0: the lowest
+            frequency of a time-frequency image; the top row of a defect image).
+        band_edges: B + 1 edges of the bands in `band_unit` (``Hz`` from the transform's
+            frequencies, ``row`` for defect images).
+        band_mean, band_std: each band's mean and std over all the training inputs summarised.
+        conditions: (n, len(condition_names)) each sample's operating condition (NaN where unknown),
+            or None when the training data had none.
+        condition_names: the condition of each column (``rpm``, ``load``).
+        condition_range: per condition, the [min, max] over the whole training split.
+        raw_dim: width of the penultimate features before the projection.
+        explained_variance: fraction of the training features' variance the projection keeps.
+        n_summarised: training inputs the projection and the band statistics were fitted on.
+        seed: seed of the sample.
+        version: the reference's format version.
+    """
+
+    features: np.ndarray
+    bands: np.ndarray
+    band_rows: tuple[int, ...]
+    band_edges: tuple[float, ...]
+    band_unit: str
+    band_mean: tuple[float, ...]
+    band_std: tuple[float, ...]
+    conditions: np.ndarray | None = None
+    condition_names: tuple[str, ...] = ()
+    condition_range: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    raw_dim: int = 0
+    explained_variance: float = 0.0
+    n_summarised: int = 0
+    seed: int = 0
+    version: int = DRIFT_REFERENCE_VERSION
+
+    @property
+    def size(self) -> int:
+        return int(len(self.features))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": self.version,
+            "output": FEATURES_OUTPUT,
+            "features": encode_array(self.features),
+            "bands": encode_array(self.bands),
+            "band_rows": list(self.band_rows),
+            "band_edges": [round(float(e), 3) for e in self.band_edges],
+            "band_unit": self.band_unit,
+            "band_mean": [float(v) for v in self.band_mean],
+            "band_std": [float(v) for v in self.band_std],
+            "raw_dim": self.raw_dim,
+            "explained_variance": float(self.explained_variance),
+            "n_summarised": self.n_summarised,
+            "seed": self.seed,
+        }
+        if self.conditions is not None:
+            out["conditions"] = encode_array(self.conditions)
+            out["condition_names"] = list(self.condition_names)
+            out["condition_range"] = {k: [float(a), float(b)] for k, (a, b) in self.condition_range.items()}
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DriftReference) and self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def summary(self) -> dict[str, Any]:
+        """The reference without its arrays (for ``GET /v1/model``)."""
+        doc = self.to_json()
+        for key in ("features", "bands", "conditions"):
+            doc.pop(key, None)
+        doc["samples"] = self.size
+        doc["dims"] = int(self.features.shape[1]) if self.features.ndim == 2 else 0
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> DriftReference:
+        """Parse `to_json`'s object.
+
+        Raises:
+            MetadataError: a newer format, or a missing or malformed entry.
+        """
+        version = int(doc.get("version", 1))
+        if version > DRIFT_REFERENCE_VERSION:
+            raise MetadataError(
+                f"its drift reference has format version {version}, newer than this service's "
+                f"{DRIFT_REFERENCE_VERSION}; upgrade fault-pipeline to watch drift with it"
+            )
+        try:
+            features = decode_array(doc["features"])
+            bands = decode_array(doc["bands"])
+            conditions = decode_array(doc["conditions"]) if doc.get("conditions") else None
+            names = tuple(str(n) for n in doc.get("condition_names", ()))
+            ref = cls(
+                features=features,
+                bands=bands,
+                band_rows=tuple(int(r) for r in doc["band_rows"]),
+                band_edges=tuple(float(e) for e in doc["band_edges"]),
+                band_unit=str(doc.get("band_unit", "Hz")),
+                band_mean=tuple(float(v) for v in doc["band_mean"]),
+                band_std=tuple(float(v) for v in doc["band_std"]),
+                conditions=conditions,
+                condition_names=names if conditions is not None else (),
+                condition_range={
+                    str(k): (float(v[0]), float(v[1])) for k, v in (doc.get("condition_range") or {}).items()
+                },
+                raw_dim=int(doc.get("raw_dim", 0)),
+                explained_variance=float(doc.get("explained_variance", 0.0)),
+                n_summarised=int(doc.get("n_summarised", 0)),
+                seed=int(doc.get("seed", 0)),
+                version=version,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise MetadataError(f"its drift reference is malformed ({type(exc).__name__}: {exc})") from None
+        n, bands_n = len(ref.features), len(ref.band_rows) - 1
+        if (
+            ref.features.ndim != 2
+            or ref.bands.shape != (n, bands_n)
+            or len(ref.band_edges) != bands_n + 1
+            or len(ref.band_mean) != bands_n
+            or len(ref.band_std) != bands_n
+            or (conditions is not None and conditions.shape != (n, len(names)))
+        ):
+            raise MetadataError("its drift reference is malformed (arrays of inconsistent shapes)")
+        return ref
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """What a consumer needs to run an exported model exactly as it was trained.
@@ -69,6 +227,8 @@ class ModelMetadata:
         model: provenance (registry name and version, strategy, runs, data hash).
         metrics: test metrics of the exported trial.
         variant: set on INT8/FP16 variants.
+        drift: the training-data reference of the drift watch (None: exported without one).
+        drift_note: why there is no usable drift reference (empty when there is one).
         version: the metadata format version.
     """
 
@@ -85,6 +245,8 @@ class ModelMetadata:
     model: ModelInfo = field(default_factory=ModelInfo)
     metrics: Mapping[str, float] = field(default_factory=dict)
     variant: Variant | None = None
+    drift: DriftReference | None = None
+    drift_note: str = ""
     version: int = METADATA_VERSION
 
     @property
@@ -138,6 +300,10 @@ class ModelMetadata:
         """The same metadata marked as a derived variant."""
         return dataclasses.replace(self, variant=Variant(kind, calibration_inputs))
 
+    def with_drift(self, reference: DriftReference | None) -> ModelMetadata:
+        """The same metadata with `reference` as its drift reference (None removes it)."""
+        return dataclasses.replace(self, drift=reference, drift_note="")
+
     def to_json(self) -> dict[str, Any]:
         """The metadata as one JSON object, keyed like the ONNX properties."""
         out: dict[str, Any] = {
@@ -156,6 +322,8 @@ class ModelMetadata:
             out["file_channels"] = self.file_channels
         if self.variant is not None:
             out["variant"] = {k: v for k, v in dataclasses.asdict(self.variant).items() if v is not None}
+        if self.drift is not None:
+            out["drift_reference"] = self.drift.to_json()
         return out
 
     def to_onnx_props(self) -> dict[str, str]:
@@ -196,6 +364,15 @@ class ModelMetadata:
                 variant=Variant(**_known(Variant, doc["variant"])) if doc.get("variant") else None,
                 version=version,
             )
+            if doc.get("drift_reference"):
+                try:
+                    meta = dataclasses.replace(meta, drift=DriftReference.from_json(doc["drift_reference"]))
+                except MetadataError as exc:  # the model still serves; the drift watch says why not
+                    meta = dataclasses.replace(meta, drift_note=f"{where}: {exc}")
+            else:
+                meta = dataclasses.replace(
+                    meta, drift_note=f"{where} was exported without a drift reference (an older export)"
+                )
             if meta.is_image:
                 return meta
             window = doc["window"]

@@ -1,10 +1,18 @@
-"""Export a trained classifier to ONNX, embed its metadata, and prove ONNX Runtime reproduces it."""
+"""Export a trained classifier to ONNX, embed its metadata, and prove ONNX Runtime reproduces it.
+
+The graph's first output is ``logits``; with a `FeatureProjection` a second output ``features``
+holds the penultimate features (the input of the classification head) projected by a PCA fitted
+on training features: the drift watch of the service gets them with every prediction, at the cost
+of one small matrix product inside the graph.
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,10 +20,81 @@ import torch
 from torch import nn
 
 from deploy.errors import ExportError
-from deploy.metadata import ModelMetadata
+from deploy.metadata import FEATURES_OUTPUT, DriftReference, ModelMetadata
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class FeatureProjection:
+    """The ``features`` output: (input of module `head` - `mean`) @ `components`.
+
+    Attributes:
+        head: dotted path of the classification head (`models.head_path(backbone)`).
+        mean: (D,) mean of the training features.
+        components: (D, k) the first k principal axes, as columns.
+        explained_variance: fraction of the training features' variance the k axes keep.
+    """
+
+    head: str
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance: float = 0.0
+
+    @property
+    def dims(self) -> int:
+        return int(self.components.shape[1])
+
+
+class _WithFeatures(nn.Module):
+    """`model` returning (logits, projected penultimate features); the head's input is caught by a
+    forward pre-hook, so any backbone works without knowing its forward."""
+
+    def __init__(self, model: nn.Module, projection: FeatureProjection) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("pca_mean", torch.as_tensor(projection.mean, dtype=torch.float32))
+        self.register_buffer("pca_components", torch.as_tensor(projection.components, dtype=torch.float32))
+        self._caught: list[torch.Tensor] = []
+        self._hook = model.get_submodule(projection.head).register_forward_pre_hook(self._catch)
+
+    def release(self) -> None:
+        """Remove the hook from the wrapped model (the caller's model is left as it was)."""
+        self._hook.remove()
+
+    def _catch(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self._caught.append(args[0])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._caught.clear()
+        logits = self.model(x)
+        features = self._caught[-1].flatten(1)
+        mean, components = self.get_buffer("pca_mean"), self.get_buffer("pca_components")
+        return logits, (features - mean) @ components
+
+
+def penultimate_features(model: nn.Module, head: str, inputs: torch.Tensor, *, batch: int = 64) -> np.ndarray:
+    """(N, D) the input of module `head` (the classification head) for each network input, in eval mode."""
+    model = model.to("cpu").eval()
+    caught: list[torch.Tensor] = []
+    handle = model.get_submodule(head).register_forward_pre_hook(
+        lambda module, args: caught.append(args[0].flatten(1))
+    )
+    try:
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch):
+                model(inputs[start : start + batch])
+    finally:
+        handle.remove()
+    return torch.cat(caught).numpy() if caught else np.zeros((0, 0), np.float32)
+
+
+def rewrite_metadata(path: Path, metadata: ModelMetadata) -> None:
+    """Replace the metadata of the .onnx file at `path` (the graph is left as it is)."""
+    proto = onnx.load(str(path))
+    metadata.write_into(proto)
+    onnx.save(proto, str(path))
 
 
 @dataclass(frozen=True)
@@ -58,6 +137,7 @@ def export_onnx(
     metadata: ModelMetadata,
     opset: int = 17,
     tolerance: float = 1e-4,
+    features: FeatureProjection | None = None,
 ) -> ParityReport:
     """Write `model` to `path` with a dynamic batch axis and `metadata`, then check it.
 
@@ -70,6 +150,8 @@ def export_onnx(
         opset: ONNX opset (17 or newer).
         tolerance: largest accepted |logit difference| between ONNX Runtime and PyTorch, for
             logits up to 1 in magnitude (scaled by the largest |logit| beyond, see `ParityReport.allowed`).
+        features: add the second output ``features`` (projected penultimate features); the parity
+            check stays on the logits.
 
     Returns:
         The parity numbers.
@@ -82,18 +164,24 @@ def export_onnx(
 
     model = model.to("cpu").eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (inputs[:2].contiguous(),),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-        )
+    traced: nn.Module = model if features is None else _WithFeatures(model, features).eval()
+    outputs = [OUTPUT_NAME] if features is None else [OUTPUT_NAME, FEATURES_OUTPUT]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                traced,
+                (inputs[:2].contiguous(),),
+                str(path),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=outputs,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+                opset_version=opset,
+            )
+    finally:
+        if isinstance(traced, _WithFeatures):
+            traced.release()
     proto = onnx.load(str(path))
     metadata.write_into(proto)
     try:
@@ -117,3 +205,60 @@ def export_onnx(
             f"{path}: {report}, allowed {report.allowed(tolerance):.2e}; the export is not faithful"
         )
     return report
+
+
+def export_with_reference(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    path: Path,
+    *,
+    metadata: ModelMetadata,
+    head: str,
+    reference_inputs: torch.Tensor,
+    transform: Any,
+    window_length: int | None,
+    conditions: np.ndarray | None = None,
+    condition_range: Mapping[str, tuple[float, float]] | None = None,
+    opset: int = 17,
+    tolerance: float = 1e-4,
+    dims: int = 32,
+    samples: int = 256,
+    seed: int = 0,
+) -> tuple[ParityReport, DriftReference]:
+    """`export_onnx` with the ``features`` output and a drift reference in the metadata.
+
+    The PCA of the ``features`` output is fitted on the penultimate features of `reference_inputs`
+    (training network inputs); the reference (`deploy.drift.build_reference`) is computed by ONNX
+    Runtime on the written model, so the service compares like with like.
+
+    Args:
+        head: the backbone's classification head (`models.head_path`): its input is the feature.
+        reference_inputs: training network inputs to summarise (a seeded sample, see
+            `deploy.drift.reference_pick`).
+        conditions: (len(reference_inputs), 2) rpm and load of each (NaN unknown), or None.
+        condition_range: per condition, [min, max] over the training split.
+    """
+    from deploy.drift import build_reference, fit_projection
+    from deploy.inferencer import create_session
+
+    raw = penultimate_features(model, head, reference_inputs)
+    mean, components, kept = fit_projection(raw, dims)
+    projection = FeatureProjection(head, mean, components, kept)
+    parity = export_onnx(
+        model, inputs, path, metadata=metadata, opset=opset, tolerance=tolerance, features=projection
+    )
+    session = create_session(path, providers=["CPUExecutionProvider"])
+    reference = build_reference(
+        session,
+        reference_inputs.numpy(),
+        transform=transform,
+        window_length=window_length,
+        conditions=conditions,
+        condition_range=condition_range,
+        raw_dim=int(raw.shape[1]),
+        explained_variance=kept,
+        samples=samples,
+        seed=seed,
+    )
+    rewrite_metadata(path, metadata.with_drift(reference))
+    return parity, reference

@@ -7,8 +7,12 @@ pixels and body time are bounded (`ServiceSettings`); images decode off the even
 Everything that can be done once is done at start-up or on reload: the ONNX Runtime session, the
 transform (with its CWT filter bank), the parsed metadata, a warm-up batch.
 
-Endpoints: POST /v1/predict/signal, POST /v1/predict/image, GET /v1/model, /healthz, /readyz,
-/metrics (Prometheus), POST /v1/admin/reload (API key required).
+Endpoints: POST /v1/predict/signal, POST /v1/predict/image, GET /v1/model, GET /v1/drift,
+/healthz, /readyz, /metrics (Prometheus), POST /v1/admin/reload (API key required).
+
+The drift watch (`deploy.drift.DriftMonitor`, one per served model that has a drift reference)
+gets each batch's ``features`` output and inputs after the batch has answered its requests, and
+tests them in its own thread.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from prometheus_client import (
 )
 from starlette.exceptions import HTTPException
 
-from deploy.inferencer import OnnxInferencer
+from deploy.drift import DriftMonitor, condition_vector
+from deploy.inferencer import BatchOutput, OnnxInferencer
 from deploy.limits import image_pixels, reload_allowed
 from deploy.signal_request import RequestError, probabilities
 from signal2image.errors import UserError
@@ -76,6 +81,10 @@ class ServiceSettings:
         resample: a signal at another sample rate is resampled (polyphase) instead of refused.
         threads: ONNX Runtime intra-op threads (None: ONNX Runtime's default).
         providers: execution providers (None: CUDA when usable, else the CPU).
+        drift: watch drift against the model's reference (when it has one).
+        drift_window: windows (or images) of recent requests in the drift test.
+        drift_alpha: alarm when the drift test's p-value is below it.
+        drift_permutations: permutations of the drift test.
     """
 
     model: str
@@ -93,6 +102,10 @@ class ServiceSettings:
     resample: bool = False
     threads: int | None = None
     providers: list[str] | None = None
+    drift: bool = True
+    drift_window: int = 200
+    drift_alpha: float = 0.01
+    drift_permutations: int = 200
 
 
 class ApiError(Exception):
@@ -154,6 +167,35 @@ class Metrics:
         self.reloads = Counter(
             "pipeline_reloads_total", "Model reloads by outcome", ["outcome"], registry=self.registry
         )
+        self.drift_score = Gauge(
+            "drift_score",
+            "MMD^2 between the recent requests and the training reference (GET /v1/drift)",
+            ["model_version"],
+            registry=self.registry,
+        )
+        self.drift_p_value = Gauge(
+            "drift_p_value",
+            "Permutation p-value of the drift test",
+            ["model_version"],
+            registry=self.registry,
+        )
+        self.drift_alarm = Gauge(
+            "drift_alarm",
+            "1 while the drift test's p-value is below --drift-alpha",
+            ["model_version"],
+            registry=self.registry,
+        )
+
+    def clear_drift(self) -> None:
+        for gauge in (self.drift_score, self.drift_p_value, self.drift_alarm):
+            gauge.clear()
+
+    def set_drift(self, status: dict[str, Any]) -> None:
+        version = str(status.get("model_version", ""))
+        if status.get("score") is not None:
+            self.drift_score.labels(version).set(status["score"])
+            self.drift_p_value.labels(version).set(status["p_value"])
+        self.drift_alarm.labels(version).set(1 if status.get("alarm") else 0)
 
 
 @dataclass(eq=False)
@@ -167,6 +209,7 @@ class _Request:
     enqueued: float
     seq: int  # arrival order (ties of the fair order)
     future: asyncio.Future[np.ndarray] = field(repr=False)
+    condition: np.ndarray | None = None  # (rpm, load) the request declared, NaN for what it did not
     taken: int = 0  # inputs handed to model runs so far
     done: int = 0  # inputs whose run has finished
     probs: np.ndarray | None = None
@@ -201,12 +244,13 @@ class Batcher:
 
     def __init__(
         self,
-        run: Callable[[OnnxInferencer, str, Any], tuple[np.ndarray, dict[int, str]]],
+        run: Callable[[OnnxInferencer, str, Any], BatchOutput],
         *,
         max_batch: int,
         max_wait_ms: float,
         enabled: bool,
         metrics: Metrics,
+        observe: Callable[[OnnxInferencer, list[_Piece], BatchOutput], None] | None = None,
     ) -> None:
         self.run, self.max_batch, self.max_wait, self.enabled, self.metrics = (
             run,
@@ -215,6 +259,7 @@ class Batcher:
             enabled,
             metrics,
         )
+        self.observe = observe  # after a run has answered its requests: the drift watch
         self.line: list[_Request] = []  # requests with inputs not yet handed to a run
         self.arrived = asyncio.Event()
         self.seq = 0
@@ -234,11 +279,16 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, inferencer: OnnxInferencer, kind: str, inputs: Any) -> np.ndarray:
-        """The probabilities of `inputs` (in their order), run in one or more batches."""
+    async def submit(
+        self, inferencer: OnnxInferencer, kind: str, inputs: Any, condition: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The probabilities of `inputs` (in their order), run in one or more batches; `condition`
+        (rpm, load) goes to the drift watch with the request's rows."""
         future = asyncio.get_running_loop().create_future()
         self.seq += 1
-        self.line.append(_Request(inputs, kind, inferencer, time.perf_counter(), self.seq, future))
+        self.line.append(
+            _Request(inputs, kind, inferencer, time.perf_counter(), self.seq, future, condition=condition)
+        )
         self.arrived.set()
         return await future
 
@@ -314,9 +364,8 @@ class Batcher:
         self.metrics.batch_size.observe(len(inputs))
         self.metrics.batch_requests.observe(len(pieces))
         head = pieces[0].request
-        probs, problems = await loop.run_in_executor(
-            self.executor, self.run, head.inferencer, head.kind, inputs
-        )
+        out = await loop.run_in_executor(self.executor, self.run, head.inferencer, head.kind, inputs)
+        probs, problems = out.probs, out.problems
         offset = 0
         for piece in pieces:
             request, count = piece.request, piece.stop - piece.start
@@ -330,6 +379,11 @@ class Batcher:
             offset += count
             if request.done == request.size and not request.future.done():
                 self._answer(request)
+        if self.observe is not None and out.features is not None:  # answers first, then the watch
+            try:
+                self.observe(head.inferencer, pieces, out)
+            except Exception:  # noqa: BLE001 - the watch never fails a batch
+                log.exception("handing a batch to the drift watch failed")
 
     @staticmethod
     def _answer(request: _Request) -> None:
@@ -380,13 +434,88 @@ class ModelHolder:
         self.inferencer, self.source, self.ready = inferencer, source, True
 
     @staticmethod
-    def run(inferencer: OnnxInferencer, kind: str, inputs: Any) -> tuple[np.ndarray, dict[int, str]]:
+    def run(inferencer: OnnxInferencer, kind: str, inputs: Any) -> BatchOutput:
         """One batch on the model its requests were checked against (a reload meanwhile does not
         change it): the transform and the network each run once on all of it. Rows that turned
-        non-finite on the way come back as {row: reason}, so only their requests fail."""
+        non-finite on the way come back as {row: reason}, so only their requests fail; the
+        ``features`` output and the inputs come back for the drift watch."""
         if kind == "windows":  # the recording z-score was done per request
-            return inferencer.predict_windows_checked(inputs, normalised=True)
-        return inferencer.predict_images_checked(inputs)
+            return inferencer.run_windows(inputs, normalised=True)
+        return inferencer.run_images(inputs)
+
+
+def _width(inferencer: OnnxInferencer) -> int | None:
+    """The width of the model's ``features`` output, when the graph states it."""
+    assert inferencer.features_index is not None
+    width = inferencer.session.get_outputs()[inferencer.features_index].shape[-1]
+    return width if isinstance(width, int) else None
+
+
+class DriftWatch:
+    """The drift monitor of the served model (one per model: a reload starts a new one), its
+    gauges, and the answer of ``GET /v1/drift``."""
+
+    def __init__(self, settings: ServiceSettings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.inferencer: OnnxInferencer | None = None
+        self.monitor: DriftMonitor | None = None
+        self.reason = "no model loaded yet"
+
+    def attach(self, inferencer: OnnxInferencer) -> None:
+        """Watch `inferencer` from now on (the previous model's window is dropped)."""
+        old, self.monitor = self.monitor, None
+        if old is not None:
+            old.stop()
+        self.metrics.clear_drift()
+        self.inferencer = inferencer
+        meta = inferencer.metadata
+        if not self.settings.drift:
+            self.reason = "the drift watch is off (pipeline serve --no-drift)"
+        elif meta.drift is None:
+            self.reason = meta.drift_note or "the model was exported without a drift reference"
+        elif inferencer.features_index is None:
+            self.reason = "the model has a drift reference but no 'features' output; export it again"
+        elif _width(inferencer) not in (None, meta.drift.features.shape[1]):
+            self.reason = "the model's drift reference does not match its 'features' output; export it again"
+        else:
+            self.reason = ""
+            version = meta.model.version or meta.model.name or "unversioned"
+            self.monitor = DriftMonitor(
+                meta.drift,
+                window=self.settings.drift_window,
+                alpha=self.settings.drift_alpha,
+                permutations=self.settings.drift_permutations,
+                on_update=self.metrics.set_drift,
+                label=version,
+            )
+            self.metrics.set_drift(self.monitor.status())
+            self.monitor.start()
+
+    def observe(self, inferencer: OnnxInferencer, pieces: list[_Piece], out: BatchOutput) -> None:
+        """A batch's rows to the monitor (rows of another model, after a reload, are not watched)."""
+        monitor = self.monitor
+        if monitor is None or inferencer is not self.inferencer or out.features is None or out.inputs is None:
+            return
+        no_condition = np.full(2, np.nan)
+        conditions = [
+            piece.request.condition if piece.request.condition is not None else no_condition
+            for piece in pieces
+            for _ in range(piece.stop - piece.start)
+        ]
+        if out.problems:
+            keep = [row for row in range(len(conditions)) if row not in out.problems]
+            monitor.observe(out.features[keep], out.inputs[keep], [conditions[row] for row in keep])
+        else:
+            monitor.observe(out.features, out.inputs, conditions)
+
+    def status(self) -> dict[str, Any]:
+        if self.monitor is None:
+            return {"available": False, "reason": self.reason}
+        return self.monitor.status()
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
 
 
 def warm_up(inferencer: OnnxInferencer) -> None:
@@ -406,6 +535,8 @@ def warm_up(inferencer: OnnxInferencer) -> None:
 def model_description(inferencer: OnnxInferencer, source: str) -> dict[str, Any]:
     """GET /v1/model: the model's metadata, where it was loaded from, and its execution providers."""
     meta = inferencer.metadata.to_json()
+    if inferencer.metadata.drift is not None:  # its arrays are for the watch, not for readers
+        meta["drift_reference"] = inferencer.metadata.drift.summary()
     return {"source": source, "kind": inferencer.metadata.kind, **meta, "providers": inferencer.providers}
 
 
@@ -484,8 +615,36 @@ def parse_fs(value: Any, source: str) -> float:
     return fs
 
 
-def parse_signal(body: bytes, content_type: str, query: dict[str, str]) -> tuple[np.ndarray, float]:
-    """(channels, samples) float32 and fs from a JSON or an octet-stream body."""
+def parse_condition(doc: dict[str, Any], query: dict[str, str]) -> np.ndarray | None:
+    """The operating condition a request declares (``rpm``, ``load`` in the JSON body or the query;
+    the body wins) as (rpm, load) with NaN for what it leaves out; None when it gives neither.
+
+    Raises:
+        ApiError: 422 on field ``rpm`` or ``load``: not a finite number (rpm: positive).
+    """
+    values: dict[str, float] = {}
+    for name in ("rpm", "load"):
+        raw = doc.get(name) if doc.get(name) is not None else query.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if isinstance(raw, bool) or not math.isfinite(value) or (name == "rpm" and value <= 0):
+            shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
+            what = "the shaft speed in rev/min (a positive number)" if name == "rpm" else "a finite number"
+            raise ApiError(422, name, f"{name} must be {what}, got {shown}")
+        values[name] = value
+    return condition_vector(values) if values else None
+
+
+def parse_signal(
+    body: bytes, content_type: str, query: dict[str, str]
+) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """(channels, samples) float32, fs and the declared condition (`parse_condition`) from a JSON
+    or an octet-stream body."""
+    doc: dict[str, Any] = {}
     if content_type.startswith("application/json"):
         try:
             doc = json.loads(body)
@@ -543,7 +702,7 @@ def parse_signal(body: bytes, content_type: str, query: dict[str, str]) -> tuple
         raise ApiError(
             422, "data", f"{bad} value(s) are NaN or Inf; clean or interpolate them before sending"
         )
-    return data.astype(np.float32), fs
+    return data.astype(np.float32), fs, parse_condition(doc, query)
 
 
 def signal_windows(inferencer: OnnxInferencer, signal: np.ndarray, fs: float, resample: bool) -> np.ndarray:
@@ -676,6 +835,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
     """
     metrics = Metrics()
     holder = ModelHolder(settings)
+    drift = DriftWatch(settings, metrics)
     state: dict[str, Any] = {}
     reload_lock = asyncio.Lock()
     # Decoding images and preparing large signals, off the event loop; two at a time bounds the memory
@@ -699,6 +859,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
             max_wait_ms=settings.max_wait_ms,
             enabled=settings.batching,
             metrics=metrics,
+            observe=drift.observe,
         )
         batcher.start()
         state["batcher"] = batcher
@@ -712,6 +873,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         )
         yield
         await batcher.stop()
+        drift.stop()
         prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     def _describe(inferencer: OnnxInferencer, source: str) -> None:
@@ -719,6 +881,7 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         metrics.model_info.clear()
         model = inferencer.metadata.model
         metrics.model_info.labels(model.name, model.version, source).set(1)
+        drift.attach(inferencer)
 
     app = FastAPI(title="fault-pipeline inference", version="1", lifespan=lifespan)
 
@@ -771,10 +934,10 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         )
 
     def _prepare_signal(body: bytes, content_type: str, query: dict[str, str], inferencer: OnnxInferencer):
-        signal, fs = parse_signal(body, content_type, query)
+        signal, fs, condition = parse_signal(body, content_type, query)
         windows = signal_windows(inferencer, signal, fs, settings.resample)
         check_window_count(inferencer, windows, settings.max_windows)
-        return windows
+        return windows, condition
 
     @app.post("/v1/predict/signal")
     async def predict_signal(request: Request) -> JSONResponse:
@@ -783,10 +946,12 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         body = await read_body(_guarded(request))
         args = (body, request.headers.get("content-type", ""), dict(request.query_params), inferencer)
         if len(body) > INLINE_BODY_BYTES:  # parsing, resampling, z-scoring a large signal: off the loop
-            windows = await asyncio.get_running_loop().run_in_executor(prepare_pool, _prepare_signal, *args)
+            windows, condition = await asyncio.get_running_loop().run_in_executor(
+                prepare_pool, _prepare_signal, *args
+            )
         else:
-            windows = _prepare_signal(*args)
-        probs = await state["batcher"].submit(inferencer, "windows", windows)
+            windows, condition = _prepare_signal(*args)
+        probs = await state["batcher"].submit(inferencer, "windows", windows, condition)
         return JSONResponse(signal_answer(inferencer, probs))
 
     @app.post("/v1/predict/image")
@@ -829,8 +994,9 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
                     413, "file", f"{name}: {len(data)} bytes exceed the limit of {settings.max_body_bytes}"
                 )
         check_images(payloads, max_images=settings.max_windows, max_pixels=settings.max_pixels)
+        condition = parse_condition({}, dict(request.query_params))
         images = await asyncio.get_running_loop().run_in_executor(prepare_pool, decode_images, payloads)
-        probs = await state["batcher"].submit(inferencer, "images", images)
+        probs = await state["batcher"].submit(inferencer, "images", images, condition)
         classes = inferencer.classes
         results = [
             {
@@ -849,6 +1015,10 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
         if "description" not in state:
             raise ApiError(503, "model", "the model is not loaded yet")
         return JSONResponse(state["description"])
+
+    @app.get("/v1/drift")
+    async def drift_status() -> JSONResponse:
+        return JSONResponse(drift.status())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -926,4 +1096,5 @@ def create_app(settings: ServiceSettings, *, preload: bool = False) -> FastAPI:
 
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.drift = drift
     return app

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from deploy.errors import ExportError
-from deploy.metadata import MetadataError, ModelMetadata
+from deploy.metadata import FEATURES_OUTPUT, MetadataError, ModelMetadata
 from deploy.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 VARIANTS = ("int8", "fp16")
@@ -195,6 +195,30 @@ def evaluate_variant(
     )
 
 
+def refresh_reference(path: Path, reference_inputs: np.ndarray) -> bool:
+    """Recompute the drift reference's features with the model at `path` itself (an INT8 or FP16
+    variant's features differ a little from the FP32 model's it was copied from): the same seeded
+    sample of the same training inputs the FP32 reference was built from. False when the model has
+    no drift reference or no ``features`` output, or the inputs are not the reference's."""
+    import dataclasses
+
+    from deploy.drift import reference_pick, session_features
+
+    meta = ModelMetadata.from_onnx(path)
+    reference = meta.drift
+    if reference is None or len(reference_inputs) != reference.n_summarised:
+        return False
+    session = _session(path, threads=0)
+    if FEATURES_OUTPUT not in [o.name for o in session.get_outputs()]:
+        return False
+    pick = reference_pick(len(reference_inputs), reference.size, reference.seed)
+    features = session_features(session, reference_inputs[pick])
+    model = onnx.load(str(path))
+    meta.with_drift(dataclasses.replace(reference, features=features)).write_into(model)
+    onnx.save(model, str(path))
+    return True
+
+
 def build_variants(
     onnx_path: Path,
     kinds: list[str],
@@ -204,8 +228,15 @@ def build_variants(
     test_labels: np.ndarray,
     tolerance_points: float,
     echo: Any = print,
+    reference_inputs: np.ndarray | None = None,
 ) -> list[VariantReport]:
-    """Write `model.<kind>.onnx` next to `onnx_path` for each kind and check it on the test set."""
+    """Write `model.<kind>.onnx` next to `onnx_path` for each kind and check it on the test set.
+
+    Args:
+        reference_inputs: the training inputs the FP32 model's drift reference summarised: each
+            variant's reference features are recomputed with the variant (`refresh_reference`);
+            without them a variant keeps the FP32 model's.
+    """
     reports = []
     for kind in kinds:
         if kind not in VARIANTS:
@@ -217,6 +248,8 @@ def build_variants(
             onnx.checker.check_model(str(dst), full_check=True)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"ONNX checker rejected the {kind} variant {dst}: {exc}") from None
+        if reference_inputs is not None and refresh_reference(dst, reference_inputs):
+            echo(f"  {kind}: drift reference features recomputed with the {kind} model")
         report = evaluate_variant(
             kind, onnx_path, dst, test_inputs, test_labels, tolerance_points=tolerance_points
         )
@@ -226,11 +259,28 @@ def build_variants(
 
 
 def triton_config(
-    name: str, input_shape: list[int], n_classes: int, *, max_batch: int = 64, gpu: bool = True
+    name: str,
+    input_shape: list[int],
+    n_classes: int,
+    *,
+    max_batch: int = 64,
+    gpu: bool = True,
+    features: int | None = None,
 ) -> str:
-    """A Triton `config.pbtxt` for this project's ONNX models (dynamic batch axis first)."""
+    """A Triton `config.pbtxt` for this project's ONNX models (dynamic batch axis first); `features`:
+    the width of the second output ``features`` of a model exported with a drift reference."""
     dims = ", ".join(str(d) for d in input_shape)
     kind = "KIND_GPU" if gpu else "KIND_CPU"
+    second = (
+        ""
+        if features is None
+        else f""",
+  {{
+    name: "{FEATURES_OUTPUT}"
+    data_type: TYPE_FP32
+    dims: [ {features} ]
+  }}"""
+    )
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch}
@@ -247,7 +297,7 @@ output [
     data_type: TYPE_FP32
     dims: [ {n_classes} ]
     label_filename: "labels.txt"
-  }}
+  }}{second}
 ]
 dynamic_batching {{
   preferred_batch_size: [ {", ".join(str(b) for b in sorted({min(8, max_batch), min(32, max_batch)}))} ]
@@ -278,11 +328,20 @@ def write_triton_repository(
             f"{onnx_path}: the input needs fixed channel, height and width after the batch axis, got {dims}"
         )
     classes = list(meta.classes)
+    features = None
+    for output in model.graph.output[1:]:
+        if output.name == FEATURES_OUTPUT:
+            width = [d.dim_value for d in output.type.tensor_type.shape.dim][1:]
+            if len(width) != 1 or width[0] <= 0:
+                raise ExportError(
+                    f"{onnx_path}: the {FEATURES_OUTPUT!r} output needs a fixed width, got {width}"
+                )
+            features = width[0]
     folder = repository / name
     (folder / str(version)).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, folder / str(version) / "model.onnx")
     (folder / "config.pbtxt").write_text(
-        triton_config(name, dims, len(classes), max_batch=max_batch, gpu=gpu)
+        triton_config(name, dims, len(classes), max_batch=max_batch, gpu=gpu, features=features)
     )
     (folder / "labels.txt").write_text("\n".join(classes) + "\n")
     (folder / "metadata.json").write_text(json.dumps(meta.to_json(), indent=2))

@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a model over HTTP (FastAPI + uvicorn, micro-batching, Prometheus metrics)",
         description=(
             "Serve MODEL: POST /v1/predict/signal (JSON or float32 bytes) or /v1/predict/image (PNG/JPEG or "
-            "multipart), GET /v1/model, /healthz, /readyz, /metrics, POST /v1/admin/reload. The API key, "
+            "multipart), GET /v1/model, /v1/drift, /healthz, /readyz, /metrics, POST /v1/admin/reload. "
+            "The API key, "
             "when "
             "wanted, comes from the environment variable PIPELINE_API_KEY (never from the command line)."
         ),
@@ -328,6 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "cuda", "cpu"],
         default="auto",
         help="execution provider (auto: CUDA when usable)",
+    )
+    serve.add_argument(
+        "--drift-window",
+        type=int,
+        default=200,
+        metavar="N",
+        help="drift watch: windows (or images) of recent requests tested against the training reference "
+        "(default 200)",
+    )
+    serve.add_argument(
+        "--drift-alpha",
+        type=float,
+        default=0.01,
+        help="drift watch: alarm when the test's p-value is below this (default 0.01)",
+    )
+    serve.add_argument(
+        "--no-drift", action="store_true", help="no drift watch (GET /v1/drift says it is off)"
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -552,6 +570,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UserError(f"{name} must be at least {low}, got {value}")
     if args.max_wait_ms < 0:
         raise UserError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    if args.drift_window < 10:
+        raise UserError(f"--drift-window must be at least 10 windows, got {args.drift_window}")
+    if not 0 < args.drift_alpha < 1:
+        raise UserError(f"--drift-alpha must be between 0 and 1 (a p-value), got {args.drift_alpha}")
     if args.model_root is not None and not Path(args.model_root).is_dir():
         raise UserError(f"--model-root {args.model_root}: not a folder")
     api_key = os.environ.get("PIPELINE_API_KEY") or None
@@ -587,6 +609,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         resample=args.resample,
         threads=args.threads,
         providers=choose_providers(args.device),
+        drift=not args.no_drift,
+        drift_window=args.drift_window,
+        drift_alpha=args.drift_alpha,
     )
     app = create_app(settings, preload=True)  # a bad model fails here with exit code 2, before the port opens
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from deploy.drift import CONDITIONS, SUMMARISED_INPUTS, reference_pick
 from deploy.metadata import ModelInfo, ModelMetadata
-from deploy.onnx_export import ParityReport, export_onnx
+from deploy.onnx_export import ParityReport, export_with_reference
 from deploy.variants import VariantReport, build_variants
-from models import build_model
+from models import build_model, head_path
 from pipeline.config import JobConfig
 from pipeline.data import PreparedData
 from pipeline.errors import UserError
@@ -56,18 +57,63 @@ def model_metadata(
     )
 
 
+def drift_inputs(data: PreparedData) -> tuple[torch.Tensor, np.ndarray, dict[str, tuple[float, float]]]:
+    """What the drift reference summarises: a seeded sample of at most `SUMMARISED_INPUTS` training
+    inputs, the (rpm, load) of the recording each came from (NaN where the data has none), and each
+    condition's [min, max] over the training recordings. The same inputs every time for the same
+    data (the variants' references are recomputed from them)."""
+    train = data.windows["train"]
+    pick = reference_pick(len(train), SUMMARISED_INPUTS, seed=0)
+    by_id = {getattr(u, "id", ""): getattr(u, "condition", {}) or {} for u in data.split.train}
+
+    def value(condition: dict[str, Any], name: str) -> float:
+        try:
+            return float(condition[name])
+        except (KeyError, TypeError, ValueError):
+            return float("nan")
+
+    per_recording = np.array(
+        [[value(by_id.get(rid, {}), name) for name in CONDITIONS] for rid in train.recording_ids]
+    ).reshape(len(train.recording_ids), len(CONDITIONS))
+    conditions = (
+        per_recording[np.asarray(train.recording)[pick]]
+        if len(per_recording)
+        else np.full((len(pick), len(CONDITIONS)), np.nan)
+    )
+    ranges = {
+        name: (float(np.nanmin(column)), float(np.nanmax(column)))
+        for name, column in zip(CONDITIONS, per_recording.T)
+        if np.isfinite(column).any()
+    }
+    return data.images["train"][torch.from_numpy(pick)], conditions, ranges
+
+
 def export_best(
     model: torch.nn.Module, data: PreparedData, metadata: ModelMetadata, path: Path, cfg: JobConfig
 ) -> ParityReport:
-    """Write the best network to `path` (checked against PyTorch on real test inputs) and log its
+    """Write the best network to `path` (checked against PyTorch on real test inputs) with the
+    ``features`` output and the drift reference of the training data (`drift_inputs`), and log its
     weights and architecture to the active MLflow run too (`log_pytorch_model`)."""
     import mlflow
 
     inputs = data.images["test"][: min(64, len(data.images["test"]))]
-    parity = export_onnx(
-        model, inputs, path, metadata=metadata, opset=cfg.export.opset, tolerance=cfg.export.tolerance
+    reference_inputs, conditions, ranges = drift_inputs(data)
+    parity, reference = export_with_reference(
+        model,
+        inputs,
+        path,
+        metadata=metadata,
+        head=head_path(cfg.model.backbone),
+        reference_inputs=reference_inputs,
+        transform=data.transform,
+        window_length=None if data.is_image else (data.window or {}).get("length"),
+        conditions=conditions,
+        condition_range=ranges,
+        opset=cfg.export.opset,
+        tolerance=cfg.export.tolerance,
     )
     mlflow.log_metric("onnx_max_abs_diff", parity.max_abs_diff)
+    mlflow.log_metric("drift_reference_samples", reference.size)
     architecture = {
         "backbone": cfg.model.backbone,
         "num_classes": len(data.classes),
@@ -197,4 +243,5 @@ def check_variants(
         test_labels=np.asarray(data.windows["test"].y),
         tolerance_points=max_accuracy_drop,
         echo=echo,
+        reference_inputs=drift_inputs(data)[0].numpy(),
     )

@@ -448,6 +448,8 @@ def test_other_commands_refuse(lab, job, capsys):
         (["serve", "--model", model, "--max-batch", "0"], ["--max-batch must be at least 1"]),
         (["serve", "--model", model, "--max-wait-ms", "-1"], ["--max-wait-ms must be >= 0"]),
         (["serve", "--model", model, "--port", "http"], ["--port", "invalid int value"]),
+        (["serve", "--model", model, "--drift-window", "3"], ["--drift-window must be at least 10"]),
+        (["serve", "--model", model, "--drift-alpha", "1.5"], ["--drift-alpha must be between 0 and 1"]),
         (["run"], ["CONFIG"]),
         (["frobnicate"], ["invalid choice", "run"]),
         (["predict", "--model", model], ["FILE"]),
