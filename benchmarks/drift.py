@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,11 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import load_service  # noqa: E402
 
 from pipeline.config import FAULT_CLASSES, SimulatorConfig  # noqa: E402
 from pipeline.ingest.simulator import GearboxSimulator  # noqa: E402
@@ -107,43 +107,12 @@ class Stream:
         self.conditions = [conditions[i] for i in order]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Service(load_service.Service):
+    """The shared benchmark service (benchmarks/load_service.py) with the reload key set, and the
+    requests this benchmark sends."""
 
-
-class Service:
     def __init__(self, model: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_API_KEY": KEY}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "serve",
-                "--model",
-                str(model),
-                "--port",
-                str(self.port),
-                *flags,
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.session = requests.Session()
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if self.session.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit("the service did not start")
+        super().__init__(model, *flags, env={"PIPELINE_API_KEY": KEY})
 
     def predict(self, window: np.ndarray, condition: tuple[float, float] | None = None) -> float:
         params = {"fs": FS}
@@ -187,10 +156,6 @@ class Service:
     def reset(self) -> None:
         r = self.session.post(self.url + "/v1/admin/reload", headers={"x-api-key": KEY}, timeout=60)
         assert r.status_code == 200, r.text
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def false_alarms(

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests
@@ -66,47 +65,11 @@ def default_model(folder: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def make_service(root: Path, model: Path, *flags: str) -> Any:
+    """The service of checkout `root`, without an API key (predict open on loopback)."""
+    from load_service import Service  # after default_model: it imports this tree's packages
 
-
-class Service:
-    def __init__(self, root: Path, model: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k != "PIPELINE_API_KEY"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "serve",
-                "--model",
-                str(model),
-                "--port",
-                str(self.port),
-                *flags,
-            ],
-            cwd=root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the service did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    return Service(model, *flags, root=root, env={"PIPELINE_API_KEY": None})
 
 
 def post(session: requests.Session, url: str, signal: np.ndarray) -> tuple[bool, float]:
@@ -162,7 +125,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; code: {args.root}; "
         f"large requests of {args.windows} windows ({samples} samples, {samples * 4 / 1e6:.1f} MB)"
     )
-    service = Service(args.root, model, "--max-batch", "32", "--max-wait-ms", "5")
+    service = make_service(args.root, model, "--max-batch", "32", "--max-wait-ms", "5")
     try:
         small_client(service.url, 5, 30)  # warm
         alone, alone_errors = small_client(service.url, max(args.requests // 2, 1), args.max_seconds)

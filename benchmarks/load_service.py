@@ -77,9 +77,24 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, model: Path, *flags: str, root: Path = ROOT) -> None:
+    """`pipeline serve` of the checkout `root` on a free loopback port, ready when constructed.
+
+    `env` adds (or, with None, removes) environment variables; `session` keeps a connection.
+    The benchmarks (load_service, fairness, drift) share it.
+    """
+
+    def __init__(
+        self, model: Path, *flags: str, root: Path = ROOT, env: dict[str, str | None] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.session = requests.Session()
+        environ = {**os.environ, "PYTHONPATH": str(root)}
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -93,14 +108,14 @@ class Service:
                 *flags,
             ],
             cwd=root,
-            env={**os.environ, "PYTHONPATH": str(root)},
+            env=environ,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if self.session.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return
             except requests.ConnectionError:
                 time.sleep(0.2)
