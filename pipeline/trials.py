@@ -174,6 +174,8 @@ def run_trial(
             on_epoch=on_epoch,
             augment=make_augment(cfg.train.augment, data.transform.std[0]),
         )
+        if previous is not None:
+            log_lost_epochs(run.info.run_id, result.history)
         test = evaluate_on_test(model, data, device=device)
         best_row = result.history[result.best_epoch]
         mlflow.log_metrics(
@@ -213,6 +215,17 @@ def run_trial(
         )
         mlflow.log_dict({**dataclasses.asdict(trial), "history": list(trial.history)}, "trial.json")
     return trial, model.cpu()
+
+
+def log_lost_epochs(run_id: str, history: list[dict[str, float]]) -> None:
+    """A resumed trial's epochs whose metrics the interruption lost: the checkpoint of an epoch is
+    written before its metrics are logged, so a stop in between keeps the epoch on disk only."""
+    import mlflow
+
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_accuracy")}
+    for epoch, row in enumerate(history):
+        if epoch not in logged:
+            mlflow.log_metrics(row, step=epoch)
 
 
 def starts_pretrained(cfg: JobConfig, strategy: StrategyConfig) -> bool:

@@ -61,3 +61,18 @@ def test_model_uris_cannot_reach_outside_the_store(workdir, monkeypatch):
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda **kwargs: str(workdir / "secret.txt"))
     with pytest.raises(UserError, match="outside the download folder"):
         download_model(f"runs:/{run_id}/model", tracking_uri=uri)
+
+
+def test_a_resumed_trial_logs_the_epochs_the_interruption_lost(workdir):
+    import mlflow
+
+    from pipeline.trials import log_lost_epochs
+
+    use_store(f"sqlite:///{workdir / 'mlflow.db'}")
+    rows = [{"val_accuracy": 0.1 * (e + 1), "train_loss": 1.0 / (e + 1)} for e in range(3)]
+    with tracked_run(run_name="t") as run:
+        mlflow.log_metrics(rows[1], step=1)  # epoch 0's checkpoint was written, its metrics were not
+        log_lost_epochs(run.info.run_id, rows)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    assert {m.step: m.value for m in history}[0] == rows[0]["val_accuracy"]
