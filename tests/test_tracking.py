@@ -68,9 +68,11 @@ def test_a_resumed_trial_logs_the_epochs_the_interruption_lost(workdir):
 
     from pipeline.trials import log_lost_epochs
 
-    use_store(f"sqlite:///{workdir / 'mlflow.db'}")
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    use_store(uri)
+    exp = ensure_experiment("lost", tracking_uri=uri, artifact_dir=workdir / "art")
     rows = [{"val_accuracy": 0.1 * (e + 1), "train_loss": 1.0 / (e + 1)} for e in range(3)]
-    with tracked_run(run_name="t") as run:
+    with tracked_run(experiment_id=exp, run_name="t") as run:
         mlflow.log_metrics(rows[1], step=1)  # epoch 0's checkpoint was written, its metrics were not
         log_lost_epochs(run.info.run_id, rows)
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
