@@ -158,6 +158,31 @@ def _slow_request(port: int, path: str, content_type: str) -> socket.socket:
     return sock
 
 
+def _read_reply(sock: socket.socket) -> str:
+    """Read one whole HTTP reply: the headers and as many body bytes as Content-Length says.
+
+    One recv() may return the headers alone (the body comes in a second TCP segment).
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.decode(errors="replace").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")
+
+
 def test_a_body_shorter_than_its_content_length_gets_408_and_healthz_stays_fast(models):  # noqa: F811
     server = Server(models["signal_a"], "--body-timeout-s", "1.5")
     try:
@@ -169,7 +194,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_and_healthz_stays_fast(
             assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
             slowest = max(slowest, time.perf_counter() - t)
             time.sleep(0.1)
-        reply = sock.recv(65536).decode(errors="replace")
+        reply = _read_reply(sock)
         waited = time.perf_counter() - start
         sock.close()
         assert reply.startswith("HTTP/1.1 408"), reply
