@@ -183,6 +183,7 @@ def build_reference(
     window_length: int | None,
     conditions: np.ndarray | None = None,
     condition_range: Mapping[str, tuple[float, float]] | None = None,
+    recording: np.ndarray | None = None,
     raw_dim: int = 0,
     explained_variance: float = 0.0,
     samples: int = REFERENCE_SAMPLES,
@@ -197,6 +198,8 @@ def build_reference(
         transform: the model's transform (band edges in Hz from its frequencies).
         conditions: (N, len(CONDITIONS)) rpm and load of each input (NaN unknown), or None.
         condition_range: per condition, [min, max] over the whole training split.
+        recording: (N,) the training recording of each input, or None (kept as the reference's
+            `groups`, renumbered 0..R-1).
     """
     rows, edges, unit = band_layout(transform, window_length)
     bands = band_energies(inputs, rows)
@@ -218,6 +221,7 @@ def build_reference(
         explained_variance=explained_variance,
         n_summarised=int(len(inputs)),
         seed=seed,
+        groups=None if recording is None else np.unique(np.asarray(recording)[pick], return_inverse=True)[1],
     )
 
 
@@ -244,8 +248,9 @@ class DriftMonitor:
         permutations: of the permutation test.
         step: test again after this many new samples (default: a quarter of the window); the first
             test runs when the window is full.
-        neighbours: reference samples nearest to each request's condition that the window is judged
-            against (default: an eighth of the reference, at least 16).
+        neighbours: the fewest training recordings nearest to the requests' conditions that a
+            window is judged against (default: a quarter of the reference's recordings, at least
+            16; samples, for a reference without recordings). See `neighbours_of`.
         on_update: called with the status after every test (the service sets its gauges there).
         label: the model version, in the status.
     """
@@ -267,7 +272,8 @@ class DriftMonitor:
         self.reference = reference
         self.window, self.alpha, self.permutations = int(window), float(alpha), int(permutations)
         self.step = max(1, step if step is not None else self.window // 4)
-        self.neighbours = neighbours or max(16, reference.size // 8)
+        recordings = len(np.unique(reference.groups)) if reference.groups is not None else reference.size
+        self.neighbours = neighbours or max(16, recordings // 4)
         self.on_update, self.label = on_update, label
         # The test space: both blocks weighted alike (total variance about 1 each in the reference).
         self._band_mean = np.asarray(reference.band_mean, np.float64)
@@ -276,6 +282,17 @@ class DriftMonitor:
         self._feature_scale = spread if spread > 0 else 1.0
         self._ref_space = self._space(reference.features, reference.bands)
         self._ref_conditions = self._scaled_conditions(reference.conditions)
+        # Per training recording (each sample its own, for a reference without recordings): its
+        # (scaled) condition and the one sample of it that a condition-matched test uses.
+        groups = reference.groups if reference.groups is not None else np.arange(reference.size)
+        first = np.unique(np.asarray(groups), return_index=True)[1]
+        rng = np.random.default_rng(reference.seed)
+        self._group_sample = np.array(
+            [rng.choice(np.flatnonzero(groups == groups[i])) for i in first], dtype=np.int64
+        )
+        self._group_conditions = (
+            None if self._ref_conditions is None else self._ref_conditions[self._group_sample]
+        )
         self._pending: collections.deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = collections.deque(
             maxlen=4096
         )
@@ -376,23 +393,41 @@ class DriftMonitor:
         return out
 
     def matched_dims(self, conditions: np.ndarray) -> list[int]:
-        """The conditions (columns) a window is judged on: those every request in it declares and the
-        reference knows; none when a request declares none (then the whole reference is the yardstick)."""
+        """The conditions (columns) a window is judged on: those that every request in it declares,
+        inside the trained range (`OUT_OF_RANGE_TOLERANCE`), and that the reference knows. None when
+        a request declares none or one beyond the trained range: then the whole reference is the
+        yardstick (the training data says nothing of a speed it never saw)."""
         if self._ref_conditions is None or not len(conditions):
             return []
         known = np.isfinite(conditions).all(axis=0) & np.isfinite(self._ref_conditions).all(axis=0)
-        return [int(j) for j in np.flatnonzero(known)]
-
-    def neighbours_of(self, conditions: np.ndarray, dims: list[int]) -> np.ndarray:
-        """(n, k) indices of the `neighbours` reference samples nearest to each condition (rpm and
-        load divided by their trained span), on the columns `dims`."""
-        assert self._ref_conditions is not None
         scaled = self._scaled_conditions(conditions)
         assert scaled is not None
-        ref = self._ref_conditions[:, dims]
+        with np.errstate(invalid="ignore"):
+            inside = ((scaled >= -OUT_OF_RANGE_TOLERANCE) & (scaled <= 1 + OUT_OF_RANGE_TOLERANCE)).all(
+                axis=0
+            )
+        return [int(j) for j in np.flatnonzero(known & inside)]
+
+    def neighbours_of(self, conditions: np.ndarray, dims: list[int]) -> np.ndarray:
+        """The training recordings (`DriftReference.groups`; samples, for a reference without them)
+        a window of requests with these conditions is judged against: for each request its k
+        nearest recordings (rpm and load divided by their trained span, on the columns `dims`), k
+        the smallest that brings together at least `neighbours` recordings. So a window at one
+        planned speed meets the recordings nearest that speed, and a window spread over the trained
+        conditions the recordings near each of its requests."""
+        assert self._group_conditions is not None
+        scaled = self._scaled_conditions(conditions)
+        assert scaled is not None
+        ref = self._group_conditions[:, dims]
         dist = ((scaled[:, dims][:, None, :] - ref[None, :, :]) ** 2).sum(axis=2)
-        k = min(self.neighbours, self.reference.size)
-        return np.argpartition(dist, k - 1, axis=1)[:, :k]
+        order = np.argsort(dist, axis=1, kind="stable")
+        want = min(self.neighbours, len(ref))
+        seen = np.zeros(len(ref), dtype=bool)
+        for k in range(len(ref)):
+            seen[order[:, k]] = True
+            if seen.sum() >= want:
+                break
+        return np.flatnonzero(seen)
 
     def judged(
         self, space: np.ndarray, conditions: np.ndarray
@@ -400,17 +435,18 @@ class DriftMonitor:
         """What the test compares: (reference, window) samples, the conditions matched on, and how
         many reference samples the window is judged against.
 
-        Without conditions: the whole reference and the window as they are. With them: the reference
-        samples among the `neighbours` nearest to some request's condition (rpm and load divided by
-        their trained span), and both those and the window minus a linear trend in the conditions
-        fitted on those samples. So a window at one planned speed meets the training samples of about
-        that speed, and the slope of the features with speed inside that neighbourhood is no alarm
-        either; a change the conditions do not explain (noise, a new fault, a speed beyond the
-        trained range, extrapolated from the samples at its edge) is."""
+        Without conditions (or with one beyond the trained range): the whole reference and the window
+        as they are. With them: one sample of each of the training recordings among the `neighbours`
+        nearest to some request's condition, and both those and the window minus a linear trend in
+        the conditions fitted on those samples. One sample per recording: windows of one recording
+        are alike (same load, gain, resonance, class), so the permutation test needs independent
+        reference samples just as the requests are; a window at one planned speed then meets the
+        training recordings of about that speed, and the slope of the features with speed among
+        them is no alarm either. A change the conditions do not explain (noise, a new fault) is."""
         dims = self.matched_dims(conditions)
         if not dims:
             return self._ref_space, space, [], self.reference.size
-        chosen = np.unique(self.neighbours_of(conditions, dims))
+        chosen = self._group_sample[self.neighbours_of(conditions, dims)]
         assert self._ref_conditions is not None
         scaled = self._scaled_conditions(conditions)
         assert scaled is not None

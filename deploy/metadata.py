@@ -30,7 +30,7 @@ import numpy as np
 from signal2image.errors import UserError
 
 METADATA_VERSION = 1
-DRIFT_REFERENCE_VERSION = 1
+DRIFT_REFERENCE_VERSION = 2  # 2: `groups`, the training recording of each sample
 FEATURES_OUTPUT = "features"  # the second ONNX output: PCA-projected penultimate features
 
 
@@ -98,6 +98,9 @@ class DriftReference:
         explained_variance: fraction of the training features' variance the projection keeps.
         n_summarised: training inputs the projection and the band statistics were fitted on.
         seed: seed of the sample.
+        groups: (n,) the training recording (numbered 0..R-1) each sample comes from, or None (a
+            version 1 reference, or images): the drift watch leaves a sample's own recording out
+            when it predicts the sample from its condition (`deploy.drift`).
         version: the reference's format version.
     """
 
@@ -115,6 +118,7 @@ class DriftReference:
     explained_variance: float = 0.0
     n_summarised: int = 0
     seed: int = 0
+    groups: np.ndarray | None = None
     version: int = DRIFT_REFERENCE_VERSION
 
     @property
@@ -141,6 +145,8 @@ class DriftReference:
             out["conditions"] = encode_array(self.conditions)
             out["condition_names"] = list(self.condition_names)
             out["condition_range"] = {k: [float(a), float(b)] for k, (a, b) in self.condition_range.items()}
+        if self.groups is not None:
+            out["groups"] = [int(g) for g in self.groups]
         return out
 
     def __eq__(self, other: object) -> bool:
@@ -151,7 +157,7 @@ class DriftReference:
     def summary(self) -> dict[str, Any]:
         """The reference without its arrays (for ``GET /v1/model``)."""
         doc = self.to_json()
-        for key in ("features", "bands", "conditions"):
+        for key in ("features", "bands", "conditions", "groups"):
             doc.pop(key, None)
         doc["samples"] = self.size
         doc["dims"] = int(self.features.shape[1]) if self.features.ndim == 2 else 0
@@ -192,6 +198,7 @@ class DriftReference:
                 explained_variance=float(doc.get("explained_variance", 0.0)),
                 n_summarised=int(doc.get("n_summarised", 0)),
                 seed=int(doc.get("seed", 0)),
+                groups=np.asarray(doc["groups"], dtype=np.int64) if doc.get("groups") else None,
                 version=version,
             )
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -204,6 +211,7 @@ class DriftReference:
             or len(ref.band_mean) != bands_n
             or len(ref.band_std) != bands_n
             or (conditions is not None and conditions.shape != (n, len(names)))
+            or (ref.groups is not None and ref.groups.shape != (n,))
         ):
             raise MetadataError("its drift reference is malformed (arrays of inconsistent shapes)")
         return ref

@@ -219,6 +219,7 @@ def export_with_reference(
     window_length: int | None,
     conditions: np.ndarray | None = None,
     condition_range: Mapping[str, tuple[float, float]] | None = None,
+    recording: np.ndarray | None = None,
     opset: int = 17,
     tolerance: float = 1e-4,
     dims: int = 32,
@@ -237,6 +238,7 @@ def export_with_reference(
             `deploy.drift.reference_pick`).
         conditions: (len(reference_inputs), 2) rpm and load of each (NaN unknown), or None.
         condition_range: per condition, [min, max] over the training split.
+        recording: (len(reference_inputs),) the training recording of each, or None.
     """
     from deploy.drift import build_reference, fit_projection
     from deploy.inferencer import create_session
@@ -255,6 +257,7 @@ def export_with_reference(
         window_length=window_length,
         conditions=conditions,
         condition_range=condition_range,
+        recording=recording,
         raw_dim=int(raw.shape[1]),
         explained_variance=kept,
         samples=samples,

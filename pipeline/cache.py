@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,29 @@ CODE_FILES = (
     "ingest/windows.py",
     "ingest/split.py",
     "data.py",
+    "cache.py",  # the entry format (units keep their conditions since the drift reference needs them)
 )
 
 
 @dataclass(frozen=True)
 class Unit:
-    """A recording as the cached split remembers it (id and label only)."""
+    """A recording as the cached split remembers it: id, label and its operating condition (the JSON
+    scalars of it: rpm, load, ...; the drift reference needs them on a cache hit too)."""
 
     id: str
     label: str
+    condition: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def _json_condition(condition: Any) -> dict[str, Any]:
+    """The JSON scalars of a recording's condition (numpy numbers as Python ones)."""
+    out: dict[str, Any] = {}
+    for key, value in dict(condition or {}).items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[str(key)] = value
+    return out
 
 
 def _files_identity(cfg: JobConfig) -> list[list[Any]]:
@@ -125,7 +139,10 @@ def save(
             meta["splits"][name] = {
                 "recording_ids": list(ws.recording_ids),
                 "skipped": list(ws.skipped),
-                "units": [[u.id, u.label] for u in split.parts()[name]],
+                "units": [
+                    [u.id, u.label, _json_condition(getattr(u, "condition", None))]
+                    for u in split.parts()[name]
+                ],
             }
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, folder)
@@ -170,7 +187,10 @@ def load(
             tuple(info["skipped"]),
         )
         images[name] = torch.from_numpy(arr("images"))
-        parts[name] = tuple(Unit(i, label) for i, label in info["units"])
+        # An entry written before conditions were kept has [id, label] only.
+        parts[name] = tuple(
+            Unit(unit[0], unit[1], dict(unit[2]) if len(unit) > 2 else {}) for unit in info["units"]
+        )
     return (
         meta["classes"],
         Split(**parts),

@@ -57,11 +57,14 @@ def model_metadata(
     )
 
 
-def drift_inputs(data: PreparedData) -> tuple[torch.Tensor, np.ndarray, dict[str, tuple[float, float]]]:
+def drift_inputs(
+    data: PreparedData,
+) -> tuple[torch.Tensor, np.ndarray, dict[str, tuple[float, float]], np.ndarray | None]:
     """What the drift reference summarises: a seeded sample of at most `SUMMARISED_INPUTS` training
-    inputs, the (rpm, load) of the recording each came from (NaN where the data has none), and each
-    condition's [min, max] over the training recordings. The same inputs every time for the same
-    data (the variants' references are recomputed from them)."""
+    inputs, the (rpm, load) of the recording each came from (NaN where the data has none), each
+    condition's [min, max] over the training recordings, and the recording of each input (None for
+    images). The same inputs every time for the same data (the variants' references are recomputed
+    from them). The conditions come from the split's units, which keep them on a cache hit too."""
     train = data.windows["train"]
     pick = reference_pick(len(train), SUMMARISED_INPUTS, seed=0)
     by_id = {getattr(u, "id", ""): getattr(u, "condition", {}) or {} for u in data.split.train}
@@ -85,7 +88,8 @@ def drift_inputs(data: PreparedData) -> tuple[torch.Tensor, np.ndarray, dict[str
         for name, column in zip(CONDITIONS, per_recording.T)
         if np.isfinite(column).any()
     }
-    return data.images["train"][torch.from_numpy(pick)], conditions, ranges
+    recording = None if data.is_image else np.asarray(train.recording)[pick].astype(np.int64)
+    return data.images["train"][torch.from_numpy(pick)], conditions, ranges, recording
 
 
 def export_best(
@@ -97,7 +101,7 @@ def export_best(
     import mlflow
 
     inputs = data.images["test"][: min(64, len(data.images["test"]))]
-    reference_inputs, conditions, ranges = drift_inputs(data)
+    reference_inputs, conditions, ranges, recording = drift_inputs(data)
     parity, reference = export_with_reference(
         model,
         inputs,
@@ -109,6 +113,7 @@ def export_best(
         window_length=None if data.is_image else (data.window or {}).get("length"),
         conditions=conditions,
         condition_range=ranges,
+        recording=recording,
         opset=cfg.export.opset,
         tolerance=cfg.export.tolerance,
     )

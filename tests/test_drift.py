@@ -13,7 +13,7 @@ import pytest
 import requests
 import torch
 
-from deploy.drift import CONDITIONS, DriftMonitor, band_layout, condition_vector, mmd_test
+from deploy.drift import CONDITIONS, DriftMonitor, band_layout, condition_vector, mmd_test, reference_pick
 from deploy.inferencer import OnnxInferencer
 from deploy.metadata import DriftReference, ModelInfo, ModelMetadata
 from deploy.onnx_export import export_onnx, export_with_reference
@@ -70,6 +70,7 @@ def exported(tmp_path_factory):
         window_length=LENGTH,
         conditions=conditions,
         condition_range={"rpm": RPM, "load": (0.2, 1.0)},
+        recording=np.arange(len(windows)) // 4,  # four windows to a "recording"
     )
     plain = folder / "without_reference.onnx"
     export_onnx(model, inputs[:16], plain, metadata=meta)
@@ -134,7 +135,13 @@ def test_export_writes_the_features_output_and_the_reference(exported):
     assert len(props["drift_reference"]) < 200_000
     meta = ModelMetadata.from_onnx(path)
     ref = meta.drift
-    assert ref is not None and ref == reference and ref.version == 1
+    assert ref is not None and ref == reference and ref.version == 2
+    # each sample's recording, renumbered 0..R-1 in the order of the picked inputs
+    pick = reference_pick(320, 256, 0)
+    assert (
+        ref.groups is not None
+        and ref.groups.tolist() == np.unique(pick // 4, return_inverse=True)[1].tolist()
+    )
     assert ref.features.shape == (256, 32) and ref.raw_dim == 1280 and ref.n_summarised == 320
     assert 0 < ref.explained_variance <= 1
     assert ref.bands.shape == (256, 8) and ref.band_unit == "Hz"
@@ -226,14 +233,22 @@ def _stream(monitor: DriftMonitor, rpm: np.ndarray, *, declare: bool, seed: int 
 
 def test_a_request_at_a_trained_rpm_is_compared_with_reference_samples_of_that_rpm():
     reference = _synthetic_reference()
-    monitor = DriftMonitor(reference, window=60, alpha=0.01, permutations=200)
+    assert DriftMonitor(reference).neighbours == 64  # a quarter of the "recordings" (samples: no groups)
+    monitor = DriftMonitor(reference, window=60, alpha=0.01, permutations=200, neighbours=16)
     at_1500 = np.array([[1500.0, np.nan]] * 3)
     assert monitor.matched_dims(at_1500) == [0]  # rpm: declared by every request
     chosen = monitor.neighbours_of(at_1500, [0])
-    assert chosen.shape == (3, monitor.neighbours) == (3, 32)
-    near = np.abs(reference.conditions[chosen.ravel(), 0] - 1500)
+    assert len(chosen) == 16
+    near = np.abs(reference.conditions[chosen, 0] - 1500)
     assert near.max() < 0.1 * (RPM[1] - RPM[0])  # only samples of about that speed
+    spread = monitor.neighbours_of(np.array([[1000.0, np.nan], [2000.0, np.nan]]), [0])
+    assert len(spread) >= 16 and {
+        np.abs(reference.conditions[spread, 0] - 1000).min() < 50,
+        np.abs(reference.conditions[spread, 0] - 2000).min() < 50,
+    } == {True}
     assert monitor.matched_dims(np.array([[1500.0, np.nan], [np.nan, np.nan]])) == []  # one declares none
+    # a declared load beyond the trained range: matched on the rpm alone
+    assert monitor.matched_dims(np.array([[1500.0, 0.5], [1500.0, 0.05]])) == [0]
 
     # A planned speed change to 1500 rpm (inside the trained range), declared: no alarm.
     planned = np.random.default_rng(2).uniform(1480, 1520, 60)
@@ -247,11 +262,61 @@ def test_a_request_at_a_trained_rpm_is_compared_with_reference_samples_of_that_r
     assert status["alarm"] and status["since"] is not None and status["matched_on"] == []
 
 
+def _recordings(count: int, per: int, rpm: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features of `count` recordings of `per` windows each: a speed effect, a recording's own
+    offset (its load, gain, resonance: large) and each window's noise (small)."""
+    rng = np.random.default_rng(seed)
+    offset = np.repeat(rng.standard_normal((count, 4)) * 0.3, per, axis=0)
+    speed = np.repeat(rpm, per)
+    noise = rng.standard_normal((count * per, 4)) * 0.05
+    features = np.concatenate([np.stack([speed / 300, np.sin(speed / 200)], axis=1), offset + noise], axis=1)
+    return features.astype(np.float32), speed
+
+
+def test_a_planned_speed_is_judged_against_whole_training_recordings():
+    """Windows of one training recording are alike; the requests of a planned speed change come from
+    many new recordings. Judged against the windows of the few training recordings of that speed as
+    if they were independent, the change alarms; one sample per training recording does not."""
+    rng = np.random.default_rng(7)
+    features, speed = _recordings(64, 4, rng.uniform(*RPM, 64), seed=8)
+    bands = np.full((len(features), 4), 0.5, np.float32)
+
+    def reference(groups: np.ndarray | None) -> DriftReference:
+        return DriftReference(
+            features=features,
+            bands=bands,
+            band_rows=(0, 8, 16, 24, 32),
+            band_edges=(100.0, 200.0, 400.0, 800.0, 1600.0),
+            band_unit="Hz",
+            band_mean=(0.5,) * 4,
+            band_std=(0.05,) * 4,
+            conditions=np.stack([speed, np.full_like(speed, np.nan)], axis=1).astype(np.float32),
+            condition_names=CONDITIONS,
+            condition_range={"rpm": RPM},
+            groups=groups,
+        )
+
+    stream, stream_rpm = _recordings(80, 1, rng.uniform(1490, 1510, 80), seed=9)  # 80 new recordings
+    inputs = np.full((80, 1, 32, 32), 0.5, np.float32)
+    conditions = [condition_vector({"rpm": r}) for r in stream_rpm]
+    alarms = {}
+    for name, groups in (("recordings", np.arange(256) // 4), ("windows", None)):
+        monitor = DriftMonitor(reference(groups), window=80, alpha=0.01, permutations=200, neighbours=16)
+        monitor.observe(stream, inputs, conditions)
+        assert monitor.process()
+        status = monitor.status()
+        assert status["matched_on"] == ["rpm"]
+        alarms[name] = (status["alarm"], status["p_value_matched"], status["compared_with"])
+    assert alarms["recordings"][0] is False and alarms["recordings"][2] >= 16, alarms  # 16 recordings
+    assert alarms["windows"][0] is True, alarms  # 16 windows of about 4 recordings: "not like them"
+
+
 def test_a_speed_outside_the_trained_range_is_reported_and_alarms():
     monitor = DriftMonitor(_synthetic_reference(), window=60, alpha=0.01, permutations=200)
     status = _stream(monitor, np.random.default_rng(3).uniform(2600, 2800, 60), declare=True)
     outside = status["conditions"]["outside_trained_range"]
     assert outside["rpm"]["requests"] == 60 and outside["rpm"]["trained"] == list(RPM)
+    assert status["matched_on"] == []  # beyond the trained range: judged against the whole reference
     assert status["alarm"] and status["p_value"] < 0.01
 
 
