@@ -7,6 +7,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.data import prepare_data
+from pipeline.export import drift_inputs
 from tests.conftest import ROOT, TINY_JOB, write_config
 
 
@@ -26,6 +27,13 @@ def test_second_preparation_maps_the_cache_and_changes_invalidate_it(workdir):
         assert first.windows[name].recording_ids == second.windows[name].recording_ids
     assert first.fingerprint() == second.fingerprint() and first.report() == second.report()
     assert second.transform.to_dict() == first.transform.to_dict()
+    # A cache hit keeps each recording's operating condition: the drift reference is built from them.
+    fresh = {u.id: u.condition for u in first.split.train}
+    assert {u.id: u.condition for u in second.split.train} == fresh
+    assert all(isinstance(c.get("rpm"), float) for c in fresh.values())
+    a, b = drift_inputs(first), drift_inputs(second)
+    assert np.array_equal(a[1], b[1]) and a[2] == b[2] and np.array_equal(a[3], b[3])
+    assert np.isfinite(b[1]).all()
     _, log3 = _prepare(load_config(workdir / "tiny.yaml", ["transform.image_size=48"]))
     assert "(cached)" not in log3  # another transform, another entry
     _, log4 = _prepare(load_config(workdir / "tiny.yaml", ["data.simulator.seed=3"]))
