@@ -22,7 +22,10 @@ from pipeline.errors import ConfigError
 from signal2image.prepare import nyquist_problem
 
 FAULT_CLASSES = ("healthy", "tooth_crack", "wear", "outer_race", "inner_race")
-STRATEGY_KINDS = ("scratch", "linear_probe", "finetune", "discriminative", "gradual_unfreeze")
+NETWORK_KINDS = ("scratch", "linear_probe", "finetune", "discriminative", "gradual_unfreeze")
+# Classical baselines (pipeline/baselines.py): run on the identical split, never exported.
+BASELINE_KINDS = ("spectrum_logreg", "minirocket", "pixels_logreg")
+STRATEGY_KINDS = NETWORK_KINDS + BASELINE_KINDS
 
 
 def _tuples(value: Any) -> Any:
@@ -436,20 +439,28 @@ class MultipliersConfig(Section):
 class StrategyConfig(Section):
     """One training recipe; `kind` defaults to the name when the name is a strategy kind.
 
-    Kinds: `scratch` (random init), `linear_probe` (frozen pretrained backbone, features computed
+    Networks: `scratch` (random init), `linear_probe` (frozen pretrained backbone, features computed
     once, only the head trains), `finetune` (everything at `lr`), `discriminative` (per-group rates
     `lr` x `multipliers`), `gradual_unfreeze` (the head alone for `head_epochs`, then everything,
     the backbone at `lr` x `unfreeze_factor`).
+
+    Classical baselines, on the same split and scored the same way, never exported: `spectrum_logreg`
+    (logistic regression on the log Welch power spectrum of each window, `bins` frequencies),
+    `minirocket` (aeon's MiniRocket features and a logistic regression; `pip install -e ".[peers]"`),
+    `pixels_logreg` (logistic regression on the network input average-pooled to `pool` x `pool`).
+    Each standardises its features and chooses the regularisation C on the validation split.
     """
 
     name: str = Field(min_length=1)
     kind: Literal[STRATEGY_KINDS] | None = None  # type: ignore[valid-type]
-    lr: float = Field(gt=0, le=10)
+    lr: float | None = Field(None, gt=0, le=10, description="learning rate (networks; required there)")
     multipliers: MultipliersConfig = MultipliersConfig()
     head_epochs: int = Field(2, ge=1, description="gradual_unfreeze: epochs with only the head training")
     unfreeze_factor: float = Field(
         0.1, gt=0, le=1, description="gradual_unfreeze: backbone rate after unfreezing, relative to lr"
     )
+    bins: int = Field(33, ge=4, le=4097, description="spectrum_logreg: frequencies of the Welch spectrum")
+    pool: int = Field(8, ge=1, le=64, description="pixels_logreg: side of the pooled image")
 
     @model_validator(mode="after")
     def _kind_from_name(self) -> StrategyConfig:
@@ -459,11 +470,23 @@ class StrategyConfig(Section):
                     f"strategy {self.name!r} needs a kind: add 'kind: <one of {list(STRATEGY_KINDS)}>'"
                 )
             object.__setattr__(self, "kind", self.name)
+        if self.lr is None and not self.is_baseline:
+            raise ValueError(f"strategy {self.name!r} ({self.kind}) needs a learning rate: add 'lr: 0.001'")
         return self
 
     @property
+    def is_baseline(self) -> bool:
+        return self.kind in BASELINE_KINDS
+
+    @property
     def pretrained(self) -> bool:
-        return self.kind != "scratch"
+        return self.kind != "scratch" and not self.is_baseline
+
+    @property
+    def rate(self) -> float:
+        """The learning rate of a network strategy (the validator makes sure there is one)."""
+        assert self.lr is not None, f"strategy {self.name!r} is a baseline: it has no learning rate"
+        return self.lr
 
 
 class AugmentConfig(Section):
@@ -547,7 +570,16 @@ class TrainConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"strategy names must be unique, {dup} repeats; rename one")
+        if all(s.is_baseline for s in value):
+            raise ValueError(
+                f"strategies {names} are all baselines; add a network strategy (e.g. "
+                "'- {name: finetune, lr: 0.001}'): the job exports the best network"
+            )
         return value
+
+    @property
+    def networks(self) -> tuple[StrategyConfig, ...]:
+        return tuple(s for s in self.strategies if not s.is_baseline)
 
     @model_validator(mode="after")
     def _head_epochs_fit(self) -> TrainConfig:

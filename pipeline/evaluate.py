@@ -43,9 +43,14 @@ class TestEvaluation:
 
 def evaluate_on_test(model: torch.nn.Module, data: PreparedData, *, device: torch.device) -> TestEvaluation:
     """Run `model` on the prepared test inputs and score it."""
+    probs = torch.softmax(predict_logits(model, data.images["test"], device=device), dim=1).numpy()
+    return score_test(probs, data)
+
+
+def score_test(probs: np.ndarray, data: PreparedData) -> TestEvaluation:
+    """Score (n_test, n_classes) probabilities of any classifier (network or baseline) on the test split."""
     test = data.windows["test"]
     n_classes = len(data.classes)
-    probs = torch.softmax(predict_logits(model, data.images["test"], device=device), dim=1).numpy()
     pred = probs.argmax(1)
     metrics = classification_metrics(test.y, pred, n_classes)
     rec_true, rec_pred = recording_votes(test, probs)

@@ -51,6 +51,7 @@ class JobResult:
     tracking_uri: str
     is_image: bool = False
     export_notes: list[str] = field(default_factory=list)  # variants and Triton repository
+    select_metric: str = "val_accuracy"
 
     @property
     def aggregates(self) -> list[Aggregate]:
@@ -138,7 +139,16 @@ def run_job(
             echo=echo,
         )
     return JobResult(
-        parent_id, outcome.trials, best, onnx_path, parity, registration, tracking_uri, data.is_image, notes
+        parent_id,
+        outcome.trials,
+        best,
+        onnx_path,
+        parity,
+        registration,
+        tracking_uri,
+        data.is_image,
+        notes,
+        cfg.train.select_metric,
     )
 
 

@@ -38,6 +38,7 @@ class TrialResult:
     run_id: str
     test_correct: int = 0  # exact counts: the registry compares these, not rounded accuracies
     test_total: int = 0
+    baseline: bool = False  # a classical baseline (pipeline/baselines.py): compared, never exported
     history: tuple[Mapping[str, float], ...] = field(default=(), repr=False, compare=False)
 
 
@@ -89,6 +90,31 @@ HEADERS = [
     "test acc per recording/part",
     "train time",
 ]
+
+
+def baseline_verdict(trials: Sequence[TrialResult], metric: str = "val_accuracy") -> str | None:
+    """One plain sentence when a classical baseline beats every network on validation (`metric`,
+    mean over seeds per strategy and train fraction), with both numbers; None otherwise."""
+    aggs = [a for a in aggregate(trials) if a.trials]
+    baselines = [a for a in aggs if a.trials[0].baseline]
+    networks = [a for a in aggs if not a.trials[0].baseline]
+    if not baselines or not networks:
+        return None
+    label = metric.replace("val_", "validation ").replace("_", "-")
+    top = max(a.train_fraction for a in aggs)
+    baselines = [a for a in baselines if a.train_fraction == top] or baselines
+    networks = [a for a in networks if a.train_fraction == top] or networks
+    base = max(baselines, key=lambda a: a.stat(metric)[0])
+    net = max(networks, key=lambda a: a.stat(metric)[0])
+    if base.stat(metric)[0] <= net.stat(metric)[0]:
+        return None
+    return (
+        f"The baseline {base.strategy} beats every network on this data: {label} "
+        f"{base.stat(metric)[0]:.3f} against {net.stat(metric)[0]:.3f} for the best network "
+        f"({net.strategy}; test accuracy {base.stat('test_accuracy')[0]:.3f} against "
+        f"{net.stat('test_accuracy')[0]:.3f}). The exported model is still the best network, but "
+        "on this data the networks are not worth their cost."
+    )
 
 
 def aggregate(trials: Sequence[TrialResult]) -> list[Aggregate]:
@@ -213,7 +239,8 @@ def log_comparison(
         ),
         "learning_curves.png": to_png(
             learning_curves_figure(
-                {a.strategy: mean_history(a.trials) for a in at_top}, "validation per epoch (mean over seeds)"
+                {a.strategy: mean_history(a.trials) for a in at_top if not a.trials[0].baseline},
+                "validation per epoch (mean over seeds)",
             )
         ),
     }
@@ -233,8 +260,12 @@ def log_comparison(
     title = f"{cfg.name}: {cfg.model.backbone}, {cfg.transform.kind} {cfg.transform.image_size} px"
     notes = [
         f"Mean ± standard deviation over seeds {list(cfg.train.seeds)}; test = held-out recordings; "
-        f"model chosen by {cfg.train.select_metric}."
+        f"model chosen by {cfg.train.select_metric} among the networks (weights 'baseline': classical "
+        "baselines on the same split, C chosen on validation, never exported)."
     ]
+    verdict = baseline_verdict(trials, cfg.train.select_metric)
+    if verdict:
+        notes.append(verdict)
     side = best_trial_figures(best) if best is not None else {}
     for name, png in side.items():
         log_png(png, name)
@@ -291,6 +322,9 @@ def summary(result: JobResult) -> str:
     reg = result.registration
     lines = ["", text_table(HEADERS, [a.cells() for a in result.aggregates]), ""]
     best = result.best
+    verdict = baseline_verdict(result.trials, result.select_metric)
+    if verdict:
+        lines += [verdict, ""]
     lines.append(f"best model:    {best.strategy} (train fraction {best.train_fraction:g}, seed {best.seed})")
     lines.append(f"ONNX model:    {result.onnx_path}")
     lines.append(f"               {result.parity}")

@@ -120,14 +120,14 @@ def strategy_groups(
         out: list[dict[str, Any]] = []
         for i, (g, ps) in enumerate(body):
             factor = m.early if i < (len(body) + 1) // 2 else m.late
-            out += split_decay([(named[id(p)], p) for p in ps], weight_decay, g, strategy.lr * factor)
-        return out + split_decay(head, weight_decay, "head", strategy.lr * m.head)
+            out += split_decay([(named[id(p)], p) for p in ps], weight_decay, g, strategy.rate * factor)
+        return out + split_decay(head, weight_decay, "head", strategy.rate * m.head)
     if strategy.kind == "gradual_unfreeze":
         rest = [(named[id(p)], p) for _, ps in body for p in ps]
         return split_decay(
-            rest, weight_decay, "backbone", strategy.lr * strategy.unfreeze_factor
-        ) + split_decay(head, weight_decay, "head", strategy.lr)
-    return param_groups(model, weight_decay, strategy.lr)
+            rest, weight_decay, "backbone", strategy.rate * strategy.unfreeze_factor
+        ) + split_decay(head, weight_decay, "head", strategy.rate)
+    return param_groups(model, weight_decay, strategy.rate)
 
 
 def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -257,7 +257,7 @@ def _prepare(
     else:
         net, inputs_train, inputs_val = model, x_train, x_val
     groups = (
-        param_groups(model.get_submodule(head_name), cfg.weight_decay, strategy.lr)
+        param_groups(model.get_submodule(head_name), cfg.weight_decay, strategy.rate)
         if probe
         else strategy_groups(model, backbone, strategy, cfg.weight_decay)
     )

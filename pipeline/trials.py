@@ -23,10 +23,11 @@ import torch
 from models import build_model
 from pipeline import distributed
 from pipeline.augment import make_augment
+from pipeline.baselines import check_applicable, fit_baseline
 from pipeline.config import JobConfig, StrategyConfig
 from pipeline.data import PreparedData, prepare_data, train_subset
 from pipeline.errors import UserError
-from pipeline.evaluate import evaluate_on_test, log_test_evaluation
+from pipeline.evaluate import evaluate_on_test, log_test_evaluation, score_test
 from pipeline.explain import log_job_explanations
 from pipeline.plots import learning_curves_figure, to_png
 from pipeline.report import TrialResult
@@ -78,7 +79,23 @@ def run_trials(
     """Run the plan; `previous` holds the runs of an interrupted job being resumed, by run name."""
     trials: list[TrialResult] = []
     best, best_model = None, None
+    for strategy in cfg.train.strategies:
+        check_applicable(strategy, is_image=data.is_image)
     for strategy, fraction, seed in training_plan(cfg):
+        if strategy.is_baseline:
+            trials.append(
+                run_baseline_trial(
+                    cfg,
+                    strategy,
+                    fraction,
+                    seed,
+                    data,
+                    experiment_id=experiment_id,
+                    echo=echo,
+                    previous=previous.get(trial_name(cfg, strategy.name, fraction, seed)),
+                )
+            )
+            continue
         trial, model = run_trial(
             cfg,
             strategy,
@@ -94,7 +111,7 @@ def run_trials(
         trials.append(trial)
         metric = cfg.train.select_metric
         if best is None or getattr(trial, metric) > getattr(best, metric):
-            best, best_model = trial, model  # only the best network stays in memory
+            best, best_model = trial, model  # only the best network stays in memory; baselines never
     assert best is not None and best_model is not None
     return TrialsOutcome(trials, best, best_model)
 
@@ -143,7 +160,7 @@ def run_trial(
             {
                 "strategy": strategy.name,
                 "kind": strategy.kind,
-                "lr": strategy.lr,
+                "lr": strategy.rate,
                 "weights": weights,
                 "backbone": cfg.model.backbone,
                 "seed": seed,
@@ -193,7 +210,7 @@ def run_trial(
             )
             echo(f"  {name:>12s}: explained {sum(e.samples for e in explained)} correct test samples")
         curves = learning_curves_figure(
-            {name: result.history}, f"{name} ({weights} weights, lr {strategy.lr:g})"
+            {name: result.history}, f"{name} ({weights} weights, lr {strategy.rate:g})"
         )
         log_png(to_png(curves), "learning_curves.png")
         trial = TrialResult(
@@ -215,6 +232,108 @@ def run_trial(
         )
         mlflow.log_dict({**dataclasses.asdict(trial), "history": list(trial.history)}, "trial.json")
     return trial, model.cpu()
+
+
+BASELINE_WEIGHTS = "baseline"  # the weights column of a baseline's row
+
+
+def run_baseline_trial(
+    cfg: JobConfig,
+    strategy: StrategyConfig,
+    fraction: float,
+    seed: int,
+    data: PreparedData,
+    *,
+    experiment_id: str,
+    echo: Callable[[str], None],
+    previous: Any = None,
+) -> TrialResult:
+    """Fit one classical baseline (`pipeline.baselines`) on the trial's training subset, C chosen on
+    validation, in its own child run with the networks' test metrics and confusion matrix."""
+    import mlflow
+
+    name = trial_name(cfg, strategy.name, fraction, seed)
+    if previous is not None and previous.info.status == "FINISHED":
+        saved = mlflow.artifacts.load_dict(f"{previous.info.artifact_uri}/trial.json")
+        echo(f"  {name:>12s}: finished before the interruption (test acc {saved['test_accuracy']:.3f}), kept")
+        return TrialResult(**{**saved, "history": tuple(saved["history"])})
+    subset = train_subset(data.windows["train"], fraction, seed)
+    if strategy.kind == "pixels_logreg":
+        train = (data.images["train"][torch.from_numpy(subset)], data.windows["train"].y[subset])
+        val = (data.images["val"], data.windows["val"].y)
+    else:
+        train = (data.windows["train"].x[subset], data.windows["train"].y[subset])
+        val = (data.windows["val"].x, data.windows["val"].y)
+    tags = {"strategy": strategy.name, "weights": BASELINE_WEIGHTS, "seed": str(seed)}
+    start = (
+        {"run_id": previous.info.run_id}
+        if previous is not None
+        else {
+            "experiment_id": experiment_id,
+            "run_name": name,
+            "tags": {**tags, "train_fraction": f"{fraction:g}", "baseline": "true"},
+        }
+    )
+    with tracked_run(nested=True, **start) as run:
+        options = {"bins": strategy.bins} if strategy.kind == "spectrum_logreg" else {}
+        options.update({"pool": strategy.pool} if strategy.kind == "pixels_logreg" else {})
+        mlflow.log_params(
+            {
+                "strategy": strategy.name,
+                "kind": strategy.kind,
+                "seed": seed,
+                "train_fraction": fraction,
+                **options,
+            }
+        )
+        mlflow.log_metric("train_windows_used", len(subset))
+        fitted = fit_baseline(
+            strategy,
+            train,
+            val,
+            n_classes=len(data.classes),
+            seed=seed,
+            select_metric=cfg.train.select_metric,
+            balanced=cfg.train.class_weighting != "none",
+            window_norm=getattr(data.transform, "signal_norm", "none") == "window",
+        )
+        test_inputs = data.images["test"] if strategy.kind == "pixels_logreg" else data.windows["test"].x
+        test = score_test(fitted.predict_proba(test_inputs), data)
+        mlflow.log_params({"C": fitted.c})
+        mlflow.log_metrics(
+            {
+                **test.metrics,
+                "val_accuracy": fitted.val_accuracy,
+                "val_macro_f1": fitted.val_macro_f1,
+                "best_val_accuracy": fitted.val_accuracy,
+                "train_seconds": fitted.seconds,
+            }
+        )
+        mlflow.log_dict({str(c): v for c, v in fitted.grid.items()}, "c_grid.json")
+        log_test_evaluation(test, data.classes, name)
+        trial = TrialResult(
+            strategy=strategy.name,
+            weights=BASELINE_WEIGHTS,
+            seed=seed,
+            train_fraction=fraction,
+            val_accuracy=fitted.val_accuracy,
+            val_macro_f1=fitted.val_macro_f1,
+            test_accuracy=test.metrics["test_accuracy"],
+            test_macro_f1=test.metrics["test_macro_f1"],
+            test_recording_accuracy=test.metrics["test_recording_accuracy"],
+            best_epoch=0,
+            train_seconds=fitted.seconds,
+            run_id=run.info.run_id,
+            test_correct=test.correct,
+            test_total=test.total,
+            baseline=True,
+        )
+        mlflow.log_dict({**dataclasses.asdict(trial), "history": []}, "trial.json")
+    echo(
+        f"  {name:>12s}: baseline, C {fitted.c:g} chosen on validation: val acc {fitted.val_accuracy:.3f} "
+        f"({fitted.seconds:.1f} s)"
+    )
+    return trial
 
 
 def log_lost_epochs(run_id: str, history: list[dict[str, float]]) -> None:
@@ -302,6 +421,8 @@ def run_worker(cfg: JobConfig) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="pipeline-rank-"))
     try:
         for strategy, fraction, seed in training_plan(cfg):
+            if strategy.is_baseline:  # rank 0 fits the baselines alone
+                continue
             model = new_model(cfg, strategy, len(data.classes), seed)
             fit(
                 model,

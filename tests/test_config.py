@@ -14,8 +14,14 @@ from tests.conftest import ROOT, run_cli, write_config
 def test_shipped_config_and_defaults_load():
     cfg = load_config(ROOT / "configs" / "gearbox.yaml")
     assert cfg.transform.kind == "cwt"
-    assert [s.name for s in cfg.train.strategies] == ["scratch", "finetune"]
-    assert [s.pretrained for s in cfg.train.strategies] == [False, True]
+    assert [s.name for s in cfg.train.strategies] == [
+        "scratch",
+        "finetune",
+        "spectrum_logreg",
+        "pixels_logreg",
+    ]
+    assert [s.pretrained for s in cfg.train.strategies] == [False, True, False, False]
+    assert [s.name for s in cfg.train.networks] == ["scratch", "finetune"]
     assert isinstance(load_config(None), JobConfig)
 
 
