@@ -536,7 +536,20 @@ class TrainConfig(Section):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
-    select_metric: Literal["val_accuracy", "val_macro_f1"] = "val_accuracy"
+    select_metric: Literal["val_accuracy", "val_macro_f1", "val_robust"] = Field(
+        "val_accuracy",
+        description=(
+            "what chooses the exported network; val_robust: the mean of the clean and the perturbed "
+            "validation accuracy (signal jobs with train.robustness, see pipeline/robustness.py)"
+        ),
+    )
+    robustness: bool = Field(
+        True,
+        description=(
+            "signal jobs: also score every trial on validation and test windows with noise at 20/10/0 dB "
+            "SNR, small time shifts and gain changes (the robustness table of the report)"
+        ),
+    )
     class_weighting: Literal["none", "loss", "sampler"] = Field(
         "none", description="imbalance: class-weighted loss, or a sampler drawing classes equally often"
     )
@@ -580,6 +593,15 @@ class TrainConfig(Section):
     @property
     def networks(self) -> tuple[StrategyConfig, ...]:
         return tuple(s for s in self.strategies if not s.is_baseline)
+
+    @model_validator(mode="after")
+    def _robust_needs_robustness(self) -> TrainConfig:
+        if self.select_metric == "val_robust" and not self.robustness:
+            raise ValueError(
+                "select_metric: val_robust needs the perturbed validation windows; set train.robustness: "
+                "true or choose val_accuracy"
+            )
+        return self
 
     @model_validator(mode="after")
     def _head_epochs_fit(self) -> TrainConfig:

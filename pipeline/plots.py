@@ -146,3 +146,16 @@ def sweep_figure(
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def robustness_figure(rows: Mapping[str, Mapping[str, float]], *, title: str) -> Figure:
+    """Test accuracy on the clean and each perturbed test split, one line per strategy."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    names = list(next(iter(rows.values())))
+    for i, (label, by_name) in enumerate(rows.items()):
+        ax.plot(range(len(names)), [by_name[n] for n in names], "-o", color=f"C{i}", label=label)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set(ylabel="test accuracy", title=title, ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -39,10 +39,12 @@ class TrialResult:
     test_correct: int = 0  # exact counts: the registry compares these, not rounded accuracies
     test_total: int = 0
     baseline: bool = False  # a classical baseline (pipeline/baselines.py): compared, never exported
+    val_robust: float = 0.0  # mean of clean and perturbed validation accuracy (pipeline/robustness.py)
+    robust_test: Mapping[str, float] = field(default_factory=dict, repr=False, compare=False)
     history: tuple[Mapping[str, float], ...] = field(default=(), repr=False, compare=False)
 
 
-CSV_FIELDS = [f for f in TrialResult.__dataclass_fields__ if f != "history"]
+CSV_FIELDS = [f for f in TrialResult.__dataclass_fields__ if f not in ("history", "robust_test")]
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,44 @@ def baseline_verdict(trials: Sequence[TrialResult], metric: str = "val_accuracy"
     )
 
 
+def robustness_rows(aggregates: Sequence[Aggregate]) -> dict[str, dict[str, float]]:
+    """Per strategy (at its largest train fraction): mean test accuracy, clean then per perturbation."""
+    rows: dict[str, dict[str, float]] = {}
+    top = max((a.train_fraction for a in aggregates), default=1.0)
+    for a in aggregates:
+        if a.train_fraction != top or not all(t.robust_test for t in a.trials):
+            continue
+        names = list(a.trials[0].robust_test)
+        rows[a.strategy] = {"clean": a.stat("test_accuracy")[0]} | {
+            n: float(np.mean([t.robust_test[n] for t in a.trials])) for n in names
+        }
+    return rows
+
+
+def selection_note(trials: Sequence[TrialResult], metric: str) -> str | None:
+    """When plain validation accuracy and `val_robust` choose different networks, one sentence saying
+    which each chooses and which the job exported (by `metric`); None when they agree."""
+    networks = [t for t in trials if not t.baseline]
+    if not networks or not any(t.robust_test for t in networks):
+        return None
+    by_acc = max(networks, key=lambda t: t.val_accuracy)
+    by_robust = max(networks, key=lambda t: t.val_robust)
+    if by_acc is by_robust:
+        return None
+
+    def name(t: TrialResult) -> str:
+        return f"{t.strategy} (seed {t.seed}, train fraction {t.train_fraction:g})"
+
+    exported = by_robust if metric == "val_robust" else max(networks, key=lambda t: getattr(t, metric))
+    return (
+        f"Robustness changes the choice: validation accuracy picks {name(by_acc)} "
+        f"({by_acc.val_accuracy:.3f}; val_robust {by_acc.val_robust:.3f}), "
+        f"val_robust picks {name(by_robust)} "
+        f"({by_robust.val_robust:.3f}; validation accuracy {by_robust.val_accuracy:.3f}). "
+        f"Exported by {metric}: {name(exported)}."
+    )
+
+
 def aggregate(trials: Sequence[TrialResult]) -> list[Aggregate]:
     """Group by (strategy, train fraction), keeping the order in which they ran."""
     groups: dict[tuple[str, float], list[TrialResult]] = {}
@@ -154,13 +194,34 @@ def trials_csv(trials: Sequence[TrialResult]) -> str:
 
 
 def markdown_report(
-    title: str, aggregates: Sequence[Aggregate], figures: Sequence[str], notes: Sequence[str] = ()
+    title: str,
+    aggregates: Sequence[Aggregate],
+    figures: Sequence[str],
+    notes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> str:
-    """The comparison as Markdown; `figures` are artifact file names shown as images."""
+    """The comparison as Markdown; `figures` are artifact file names shown as images; `sections`
+    (Markdown) follow the notes."""
     parts = [f"# {title}\n", markdown_table(HEADERS, [a.cells() for a in aggregates])]
     parts += [f"{n}\n" for n in notes]
+    parts += list(sections)
     parts += [f"![{name}]({name})\n" for name in figures]
     return "\n".join(parts)
+
+
+def robustness_table(rows: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the robustness table: a strategy per row, clean and perturbed test accuracy."""
+    names = list(next(iter(rows.values())))
+    return ["strategy", *names], [[s, *(f"{v[n]:.3f}" for n in names)] for s, v in rows.items()]
+
+
+def html_table(caption: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return (
+        f"<h2>{html.escape(caption)}</h2>"
+        f"<table class='robustness'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _figure_html(name: str, png: bytes) -> str:
@@ -178,6 +239,7 @@ def html_report(
     notes: Sequence[str] = (),
     side_by_side: Mapping[str, bytes] | None = None,
     side_by_side_title: str = "",
+    sections: str = "",
 ) -> str:
     """A self-contained page: the table, then the `side_by_side` figures in one row (the best trial's
     confusion matrix and per-class maps) under their heading, then every other figure, each
@@ -203,7 +265,8 @@ def html_report(
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}figure{margin:1.5em 0}"
         ".side{display:flex;gap:1em;align-items:flex-start}.side figure{flex:1 1 auto;margin:0.5em 0}"
         f"</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes_html}{images}</body></html>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes_html}{sections}{images}"
+        "</body></html>"
     )
 
 
@@ -221,7 +284,7 @@ def log_comparison(
     """
     import mlflow
 
-    from pipeline.plots import bar_figure, learning_curves_figure, sweep_figure, to_png
+    from pipeline.plots import bar_figure, learning_curves_figure, robustness_figure, sweep_figure, to_png
     from pipeline.tracking import log_png
 
     aggs = aggregate(trials)
@@ -254,6 +317,11 @@ def log_comparison(
                 [a.stat("test_accuracy")[1] for a in mine],
             )
         figures["data_size_sweep.png"] = to_png(sweep_figure(curves, title="test accuracy vs training data"))
+    robust = robustness_rows(aggs)
+    if robust:
+        figures["robustness.png"] = to_png(
+            robustness_figure(robust, title="test accuracy under noise, shifts and gain changes")
+        )
     for name, png in figures.items():
         log_png(png, name)
     figures.update(logged)
@@ -266,6 +334,10 @@ def log_comparison(
     verdict = baseline_verdict(trials, cfg.train.select_metric)
     if verdict:
         notes.append(verdict)
+    choice = selection_note(trials, cfg.train.select_metric)
+    if choice:
+        notes.append(choice)
+    robust_table = robustness_table(robust) if robust else None
     side = best_trial_figures(best) if best is not None else {}
     for name, png in side.items():
         log_png(png, name)
@@ -275,9 +347,17 @@ def log_comparison(
         if best is not None
         else ""
     )
-    markdown = markdown_report(title, aggs, [*side, *figures], notes)
-    mlflow.log_text(markdown, "report.md")
-    mlflow.log_text(html_report(title, aggs, figures, notes, side, side_title), "report.html")
+    md_sections: list[str] = []
+    html_sections = ""
+    if robust_table is not None:
+        headers, rows = robust_table
+        caption = "Robustness: test accuracy with noise, time shifts and gain changes"
+        md_sections.append(f"## {caption}\n\n{markdown_table(headers, rows)}")
+        html_sections = html_table(caption, headers, rows)
+        mlflow.log_text(markdown_table(headers, rows), "robustness.md")
+    mlflow.log_text(markdown_report(title, aggs, [*side, *figures], notes, md_sections), "report.md")
+    page = html_report(title, aggs, figures, notes, side, side_title, html_sections)
+    mlflow.log_text(page, "report.html")
     mlflow.log_text(trials_csv(trials), "comparison.csv")
 
 
@@ -322,9 +402,20 @@ def summary(result: JobResult) -> str:
     reg = result.registration
     lines = ["", text_table(HEADERS, [a.cells() for a in result.aggregates]), ""]
     best = result.best
-    verdict = baseline_verdict(result.trials, result.select_metric)
-    if verdict:
-        lines += [verdict, ""]
+    robust = robustness_rows(result.aggregates)
+    if robust:
+        headers, rows = robustness_table(robust)
+        lines += [
+            "robustness: test accuracy with noise, time shifts and gain changes",
+            text_table(headers, rows),
+            "",
+        ]
+    for note in (
+        baseline_verdict(result.trials, result.select_metric),
+        selection_note(result.trials, result.select_metric),
+    ):
+        if note:
+            lines += [note, ""]
     lines.append(f"best model:    {best.strategy} (train fraction {best.train_fraction:g}, seed {best.seed})")
     lines.append(f"ONNX model:    {result.onnx_path}")
     lines.append(f"               {result.parity}")

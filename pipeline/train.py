@@ -68,6 +68,12 @@ def batches(
         yield order[start : start + batch_size]
 
 
+def epoch_metric(select_metric: str) -> str:
+    """What picks a trial's best epoch: `select_metric`, but clean validation accuracy for
+    ``val_robust`` (the perturbed windows score whole trials, not every epoch)."""
+    return "val_accuracy" if select_metric == "val_robust" else select_metric
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, device: torch.device = torch.device("cpu")
@@ -449,7 +455,7 @@ def fit(
             **{f"lr_{g['name']}": g["lr"] for g in run.optimizer.param_groups},
         }
         result.history.append(row)
-        score = distributed.from_main([row[cfg.select_metric]])[0]
+        score = distributed.from_main([row[epoch_metric(cfg.select_metric)]])[0]
         if score > result.best_score:
             result.best_score, result.best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())

@@ -31,8 +31,15 @@ from pipeline.evaluate import evaluate_on_test, log_test_evaluation, score_test
 from pipeline.explain import log_job_explanations
 from pipeline.plots import learning_curves_figure, to_png
 from pipeline.report import TrialResult
+from pipeline.robustness import (
+    PerturbedSplits,
+    perturbed_splits,
+    robust_metrics,
+    robustness_scores,
+    val_robust,
+)
 from pipeline.tracking import log_png, tracked_run
-from pipeline.train import best_checkpoint_path, fit, seed_everything, select_device
+from pipeline.train import best_checkpoint_path, fit, predict_logits, seed_everything, select_device
 
 Plan = list[tuple[StrategyConfig, float, int]]
 
@@ -81,6 +88,18 @@ def run_trials(
     best, best_model = None, None
     for strategy in cfg.train.strategies:
         check_applicable(strategy, is_image=data.is_image)
+    sets = None
+    if cfg.train.robustness and not data.is_image:
+        sets = perturbed_splits(data)
+        echo(
+            f"  robustness: {len(sets.windows['val'])} perturbations of the validation and test windows "
+            "(noise 20/10/0 dB, shifts, gains)"
+        )
+    elif cfg.train.select_metric == "val_robust":
+        raise UserError(
+            "train.select_metric: val_robust needs perturbed signal windows, but this job classifies images; "
+            "choose val_accuracy or val_macro_f1"
+        )
     for strategy, fraction, seed in training_plan(cfg):
         if strategy.is_baseline:
             trials.append(
@@ -93,6 +112,7 @@ def run_trials(
                     experiment_id=experiment_id,
                     echo=echo,
                     previous=previous.get(trial_name(cfg, strategy.name, fraction, seed)),
+                    sets=sets,
                 )
             )
             continue
@@ -107,6 +127,7 @@ def run_trials(
             checkpoint_dir=checkpoint_dir,
             echo=echo,
             previous=previous.get(trial_name(cfg, strategy.name, fraction, seed)),
+            sets=sets,
         )
         trials.append(trial)
         metric = cfg.train.select_metric
@@ -128,6 +149,7 @@ def run_trial(
     checkpoint_dir: Path,
     echo: Callable[[str], None],
     previous: Any = None,
+    sets: PerturbedSplits | None = None,
 ) -> tuple[TrialResult, torch.nn.Module]:
     """Train one strategy on one fraction with one seed in its own child run; evaluate on the test split.
 
@@ -204,6 +226,13 @@ def run_trial(
             }
         )
         log_test_evaluation(test, data.classes, name)
+        robust = score_robustness(
+            lambda w, images: torch.softmax(predict_logits(model, images, device=device), 1).numpy(),
+            sets,
+            best_row["val_accuracy"],
+            name,
+            echo,
+        )
         if cfg.train.explain:
             explained = log_job_explanations(
                 model, data, test.probabilities, backbone=cfg.model.backbone, name=name
@@ -228,6 +257,8 @@ def run_trial(
             run_id=run.info.run_id,
             test_correct=test.correct,
             test_total=test.total,
+            val_robust=robust[0],
+            robust_test=robust[1],
             history=tuple(result.history),
         )
         mlflow.log_dict({**dataclasses.asdict(trial), "history": list(trial.history)}, "trial.json")
@@ -247,6 +278,7 @@ def run_baseline_trial(
     experiment_id: str,
     echo: Callable[[str], None],
     previous: Any = None,
+    sets: PerturbedSplits | None = None,
 ) -> TrialResult:
     """Fit one classical baseline (`pipeline.baselines`) on the trial's training subset, C chosen on
     validation, in its own child run with the networks' test metrics and confusion matrix."""
@@ -311,6 +343,14 @@ def run_baseline_trial(
         )
         mlflow.log_dict({str(c): v for c, v in fitted.grid.items()}, "c_grid.json")
         log_test_evaluation(test, data.classes, name)
+        pixels = strategy.kind == "pixels_logreg"
+        robust = score_robustness(
+            lambda w, images: fitted.predict_proba(images if pixels else w),
+            sets,
+            fitted.val_accuracy,
+            name,
+            echo,
+        )
         trial = TrialResult(
             strategy=strategy.name,
             weights=BASELINE_WEIGHTS,
@@ -327,6 +367,8 @@ def run_baseline_trial(
             test_correct=test.correct,
             test_total=test.total,
             baseline=True,
+            val_robust=robust[0],
+            robust_test=robust[1],
         )
         mlflow.log_dict({**dataclasses.asdict(trial), "history": []}, "trial.json")
     echo(
@@ -334,6 +376,30 @@ def run_baseline_trial(
         f"({fitted.seconds:.1f} s)"
     )
     return trial
+
+
+def score_robustness(
+    classify: Callable[[np.ndarray, torch.Tensor], np.ndarray],
+    sets: PerturbedSplits | None,
+    clean_val_accuracy: float,
+    name: str,
+    echo: Callable[[str], None],
+) -> tuple[float, dict[str, float]]:
+    """(val_robust, test accuracy per perturbation) of a trial's classifier, logged to its run; the
+    clean validation accuracy and nothing else without perturbed splits."""
+    import mlflow
+
+    if sets is None:
+        return clean_val_accuracy, {}
+    scores = robustness_scores(classify, sets)
+    robust = val_robust(clean_val_accuracy, scores)
+    mlflow.log_metrics({**robust_metrics(scores), "val_robust": robust})
+    worst = min(scores["test"], key=lambda k: scores["test"][k])
+    echo(
+        f"  {name:>12s}: val_robust {robust:.3f}; "
+        f"worst perturbed test acc {scores['test'][worst]:.3f} ({worst})"
+    )
+    return robust, dict(scores["test"])
 
 
 def log_lost_epochs(run_id: str, history: list[dict[str, float]]) -> None:

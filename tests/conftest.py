@@ -28,7 +28,8 @@ TINY_JOB = {
         "window": {"length": 1024, "hop": 512},
     },
     "transform": {"kind": "cwt", "image_size": 32, "cwt": {"n_scales": 32, "f_max": 6000}},
-    "train": {"epochs": 1, "batch_size": 16, "num_threads": 2},
+    # robustness off: it adds seconds to every test job; tests/test_baselines.py runs it
+    "train": {"epochs": 1, "batch_size": 16, "num_threads": 2, "robustness": False},
     "tracking": {"experiment": "tiny", "registered_model": "tiny-fault"},
 }
 

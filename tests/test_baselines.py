@@ -27,6 +27,8 @@ BASELINE_JOB = copy.deepcopy(TINY_JOB)
 BASELINE_JOB["name"] = "tiny-baselines"
 BASELINE_JOB["train"].update(
     explain=False,
+    robustness=True,
+    select_metric="val_robust",  # the robustness report and the choice it makes, in the same job
     strategies=[
         {"name": "finetune", "lr": 0.001},
         {"name": "spectrum_logreg", "bins": 17},
@@ -173,14 +175,28 @@ def _artifact(work: Path, run_id: str, name: str) -> str:
 
 def test_a_job_runs_its_baselines_as_child_runs_beside_the_network(baseline_job):
     tmp_path, out = baseline_job
+    comparison = out.split("robustness: test accuracy")[0]  # the first table; the robustness one follows
     rows = {
         line.split()[0]: line.split()
-        for line in out.splitlines()
+        for line in comparison.splitlines()
         if line.startswith(("finetune ", "spectrum_logreg ", "pixels_logreg "))
     }
     assert set(rows) == {"finetune", "spectrum_logreg", "pixels_logreg"}
     assert rows["spectrum_logreg"][1] == "baseline" and rows["finetune"][1] == "imagenet"
     assert "best model:    finetune" in out  # a baseline is never exported
+    # the robustness table: every strategy under each perturbation
+    assert "robustness: test accuracy with noise, time shifts and gain changes" in out
+    header = next(line for line in out.splitlines() if line.startswith("strategy ") and "noise_0db" in line)
+    assert header.split() == [
+        "strategy",
+        "clean",
+        "noise_20db",
+        "noise_10db",
+        "noise_0db",
+        "shift",
+        "gain_0.5",
+        "gain_2",
+    ]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny-baselines")
     runs = client.search_runs([exp.experiment_id])
@@ -200,6 +216,9 @@ def test_a_job_runs_its_baselines_as_child_runs_beside_the_network(baseline_job)
         ):
             assert 0 <= child.data.metrics[key], key
         assert float(child.data.params["C"]) > 0
+        assert (
+            0 <= child.data.metrics["robust_test_noise_0db"] <= 1 and "robust_val_shift" in child.data.metrics
+        )
         assert {"confusion_matrix.png", "confusion_matrix.json", "c_grid.json"} <= {
             a.path for a in client.list_artifacts(child.info.run_id)
         }
@@ -221,7 +240,10 @@ def test_a_job_runs_its_baselines_as_child_runs_beside_the_network(baseline_job)
     }
     page = _artifact(tmp_path, parent.info.run_id, "report.html")
     assert "<td>spectrum_logreg</td><td>baseline</td>" in page
-    network_val = children["finetune"].data.metrics["best_val_accuracy"]
+    assert 0 <= children["finetune"].data.metrics["val_robust"] <= 1
+    assert "<h2>Robustness: test accuracy with noise, time shifts and gain changes</h2>" in page
+    network_val = children["finetune"].data.metrics["val_robust"]  # the job chooses by val_robust
+    val = {n: children[n].data.metrics["val_robust"] for n in val}
     beaten = max(val.values()) > network_val
     assert ("beats every network" in out) == beaten and ("beats every network" in page) == beaten
 
@@ -266,9 +288,12 @@ def test_report_html_renders_in_a_real_browser(baseline_job):
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(page_file.as_uri())
-            cells = page.locator("table tbody tr td:first-child").all_inner_texts()
+            comparison = page.locator("table").first
+            cells = comparison.locator("tbody tr td:first-child").all_inner_texts()
             assert cells == ["finetune", "spectrum_logreg", "pixels_logreg"]
-            assert page.locator("table thead th").count() == 9
+            assert comparison.locator("thead th").count() == 9
+            robust = page.locator("table.robustness tbody tr td:first-child").all_inner_texts()
+            assert robust == cells
             sizes = page.evaluate(
                 "[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
             )
