@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,3 +94,34 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def trial_result(strategy: str, val: float, test: float | None = None, **fields: Any) -> Any:
+    """A `TrialResult` for report tests: validation `val` (accuracy and macro-F1), test `test`
+    (default: `val`), the other fields as given or neutral."""
+    from pipeline.report import TrialResult
+
+    test = val if test is None else test
+    base = dict(
+        strategy=strategy,
+        weights="baseline" if fields.get("baseline") else "imagenet",
+        seed=0,
+        train_fraction=1.0,
+        val_accuracy=val,
+        val_macro_f1=val,
+        test_accuracy=test,
+        test_macro_f1=test,
+        test_recording_accuracy=test,
+        best_epoch=0,
+        train_seconds=1.0,
+        run_id="r",
+    )
+    return TrialResult(**{**base, **fields})
+
+
+def run_job_once(tmp_path_factory: Any, name: str, job: dict) -> tuple[Path, str]:
+    """Write `job` into a fresh folder and run it as a real `pipeline run` process: (folder, stdout)."""
+    work = tmp_path_factory.mktemp(name)
+    proc = run_cli("run", str(write_config(work / "job.yaml", job)), cwd=work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return work, proc.stdout

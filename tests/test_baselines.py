@@ -21,7 +21,7 @@ from pipeline.baselines import check_applicable, fit_baseline
 from pipeline.config import StrategyConfig, TrainConfig
 from pipeline.errors import UserError
 from pipeline.report import TrialResult, baseline_verdict
-from tests.conftest import TINY_JOB, run_cli, write_config
+from tests.conftest import TINY_JOB, run_cli, run_job_once, trial_result, write_config
 
 BASELINE_JOB = copy.deepcopy(TINY_JOB)
 BASELINE_JOB["name"] = "tiny-baselines"
@@ -128,21 +128,7 @@ def test_minirocket_beats_chance():
 
 
 def _trial(strategy: str, val: float, test: float, baseline: bool) -> TrialResult:
-    return TrialResult(
-        strategy=strategy,
-        weights="baseline" if baseline else "imagenet",
-        seed=0,
-        train_fraction=1.0,
-        val_accuracy=val,
-        val_macro_f1=val,
-        test_accuracy=test,
-        test_macro_f1=test,
-        test_recording_accuracy=test,
-        best_epoch=0,
-        train_seconds=1.0,
-        run_id="r",
-        baseline=baseline,
-    )
+    return trial_result(strategy, val, test, baseline=baseline)
 
 
 def test_the_baseline_sentence_appears_when_a_baseline_beats_every_network_and_not_otherwise():
@@ -159,11 +145,7 @@ def test_the_baseline_sentence_appears_when_a_baseline_beats_every_network_and_n
 @pytest.fixture(scope="module")
 def baseline_job(tmp_path_factory):
     """The tiny job with two baselines beside one network, run once as a real process."""
-    work = tmp_path_factory.mktemp("baselines")
-    cfg_path = write_config(work / "job.yaml", BASELINE_JOB)
-    proc = run_cli("run", str(cfg_path), cwd=work)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return work, proc.stdout
+    return run_job_once(tmp_path_factory, "baselines", BASELINE_JOB)
 
 
 def _artifact(work: Path, run_id: str, name: str) -> str:

@@ -23,17 +23,14 @@ from pipeline.config import SimulatorConfig, load_config
 from pipeline.ingest.simulator import GearboxSimulator
 from pipeline.ingest.split import split_by_recording
 from pipeline.ingest.windows import make_windows
-from tests.conftest import TINY_JOB, run_cli, write_config
+from tests.conftest import TINY_JOB, run_cli, run_job_once, write_config
 
 
 @pytest.fixture(scope="module")
 def finished_job(tmp_path_factory):
     """Run the tiny job once for all tests of this module."""
-    work = tmp_path_factory.mktemp("job")
-    cfg_path = write_config(work / "tiny.yaml", TINY_JOB)
-    proc = run_cli("run", str(cfg_path), cwd=work)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return work, cfg_path, proc.stdout
+    work, out = run_job_once(tmp_path_factory, "job", TINY_JOB)
+    return work, work / "job.yaml", out
 
 
 def _client(work: Path) -> mlflow.MlflowClient:

@@ -9,6 +9,7 @@ import pytest
 from pipeline.config import TrainConfig
 from pipeline.report import TrialResult, aggregate, robustness_rows, robustness_table, selection_note
 from pipeline.robustness import PERTURBATIONS, perturb, val_robust
+from tests.conftest import trial_result
 
 
 def _windows(n: int = 8, length: int = 1000) -> np.ndarray:
@@ -47,22 +48,9 @@ def test_val_robust_is_the_mean_of_clean_and_perturbed():
         TrainConfig(select_metric="val_robust", robustness=False)
 
 
-def _trial(strategy: str, val: float, robust: float, seed: int = 0) -> TrialResult:
-    return TrialResult(
-        strategy=strategy,
-        weights="imagenet",
-        seed=seed,
-        train_fraction=1.0,
-        val_accuracy=val,
-        val_macro_f1=val,
-        test_accuracy=val,
-        test_macro_f1=val,
-        test_recording_accuracy=val,
-        best_epoch=0,
-        train_seconds=1.0,
-        run_id="r",
-        val_robust=robust,
-        robust_test={"noise_0db": robust - 0.1, "shift": robust},
+def _trial(strategy: str, val: float, robust: float) -> TrialResult:
+    return trial_result(
+        strategy, val, val_robust=robust, robust_test={"noise_0db": robust - 0.1, "shift": robust}
     )
 
 
