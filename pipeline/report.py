@@ -77,8 +77,23 @@ class Aggregate:
             self.cell("test_accuracy"),
             self.cell("test_macro_f1"),
             self.cell("test_recording_accuracy"),
+            self.epochs(),
             f"{self.stat('train_seconds')[0]:.1f} s",
         ]
+
+    def epochs(self) -> str:
+        """Epochs each trial ran and (in brackets) its best epoch, 1-based: ``6 (4)``; a range over
+        seeds (``5-6 (3-4)``); ``-`` for a baseline."""
+        if self.trials[0].baseline:
+            return "-"
+
+        def span(values: list[int]) -> str:
+            lo, hi = min(values), max(values)
+            return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+        ran = [len(t.history) for t in self.trials]
+        best = [t.best_epoch + 1 for t in self.trials]
+        return f"{span(ran)} ({span(best)})"
 
 
 HEADERS = [
@@ -90,6 +105,7 @@ HEADERS = [
     "test acc",
     "test macro-F1",
     "test acc per recording/part",
+    "epochs (best)",
     "train time",
 ]
 

@@ -165,6 +165,7 @@ def test_a_job_runs_its_baselines_as_child_runs_beside_the_network(baseline_job)
     }
     assert set(rows) == {"finetune", "spectrum_logreg", "pixels_logreg"}
     assert rows["spectrum_logreg"][1] == "baseline" and rows["finetune"][1] == "imagenet"
+    assert rows["finetune"][-4:-2] == ["1", "(1)"] and rows["spectrum_logreg"][-3] == "-"  # epochs (best)
     assert "best model:    finetune" in out  # a baseline is never exported
     # the robustness table: every strategy under each perturbation
     assert "robustness: test accuracy with noise, time shifts and gain changes" in out
@@ -273,7 +274,7 @@ def test_report_html_renders_in_a_real_browser(baseline_job):
             comparison = page.locator("table").first
             cells = comparison.locator("tbody tr td:first-child").all_inner_texts()
             assert cells == ["finetune", "spectrum_logreg", "pixels_logreg"]
-            assert comparison.locator("thead th").count() == 9
+            assert comparison.locator("thead th").count() == 10
             robust = page.locator("table.robustness tbody tr td:first-child").all_inner_texts()
             assert robust == cells
             sizes = page.evaluate(

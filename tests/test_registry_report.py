@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from html.parser import HTMLParser
 
 import mlflow
@@ -7,7 +8,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.registry import decide_alias, promote
-from pipeline.report import TrialResult, aggregate, html_report, markdown_report
+from pipeline.report import Aggregate, TrialResult, aggregate, html_report, markdown_report
 
 
 def _version(client, name, tags, data_hash, tmp_path):
@@ -86,6 +87,11 @@ def test_aggregates_and_reports():
     mean, std = aggs[0].stat("test_accuracy")
     assert mean == pytest.approx(0.7) and std == pytest.approx(0.1)
     assert aggs[0].cells()[5] == "0.700 ± 0.100" and aggs[1].cells()[5] == "0.900 ± 0.000"
+    # epochs run and the best epoch (1-based), a range over seeds when early stopping differs
+    ran = dataclasses.replace(trials[0], history=({},) * 6, best_epoch=3)
+    stopped = dataclasses.replace(trials[1], history=({},) * 5, best_epoch=2)
+    assert Aggregate("scratch", "random", 1.0, (ran,)).epochs() == "6 (4)"
+    assert Aggregate("scratch", "random", 1.0, (ran, stopped)).cells()[8] == "5-6 (3-4)"
     md = markdown_report("job", aggs, ["a.png"])
     assert "| scratch | random | 1 | 3 |" in md and "![a.png](a.png)" in md
 
