@@ -14,7 +14,7 @@ import numpy as np
 import pywt
 import torch
 
-TRIM = 1e-7  # interpolated filters: end taps below this fraction of the largest are dropped
+TRIM = 1e-4  # interpolated filters: end taps below this fraction of the largest are dropped
 
 
 class CwtFilterBank:
@@ -168,7 +168,7 @@ def wavelet_filters(
         # diff(x * h) == (x * h')[1:], h' = first difference of h padded with zeros.
         g = np.diff(np.concatenate([[0.0], h, [0.0]])) * -np.sqrt(scale)
         offset = 1 + int(np.floor((len(h) - 2) / 2))  # pywt's centre crop
-        if interpolate:  # drop the taps below TRIM of the peak at both ends (a third of cmor's)
+        if interpolate:  # drop the end taps below TRIM of the peak (cmor1.5-1.0: 10 of 16 units kept)
             keep = np.flatnonzero(np.abs(g) >= TRIM * np.abs(g).max())
             g, offset = g[keep[0] : keep[-1] + 1], offset - int(keep[0])
         filters.append(g)

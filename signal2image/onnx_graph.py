@@ -131,11 +131,71 @@ def _cwt_magnitude(g: GraphBuilder, t: Any, x: str, length: int) -> str:
                 g.const([2], "axes", np.int64),
             )
         mag = g.magnitude(y, 2 if plan.complex else 1, n)
-        parts.append(g.op("MatMul", mag, g.const(group.pool, "cwt_pool")))
+        parts.append(_pool(g, mag, group.pool, n))
     mag = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
     if plan.rows is not None:
         mag = g.op("MatMul", g.const(plan.rows, "cwt_rows"), mag)
     return mag
+
+
+def pool_as_conv(pool: np.ndarray) -> tuple[np.ndarray, int, int, np.ndarray] | None:
+    """The pooling matrix (T, S) as a strided convolution: (kernel, stride, leading pad, per-column
+    scale), when every column holds the same weights shifted by one stride (truncated at the ends and
+    renormalised); None otherwise. A (T, S) MatMul touches every position for every column; the
+    convolution only the few under each column's triangle."""
+    t, s = pool.shape
+    if t % s:
+        return None
+    stride = t // s
+    middle = s // 2
+    rows = np.flatnonzero(pool[:, middle] > 0)
+    if len(rows) == 0:
+        return None
+    kernel = pool[rows[0] : rows[-1] + 1, middle]
+    first = int(rows[0]) - middle * stride  # where column 0's support starts (negative: padding)
+    if first > 0:
+        return None
+    scale = np.empty(s)
+    for j in range(s):
+        taps = np.arange(len(kernel)) + first + j * stride
+        inside = (taps >= 0) & (taps < t)
+        expected = np.zeros(t)
+        expected[taps[inside]] = kernel[inside]
+        total = expected.sum()
+        if total <= 0:
+            return None
+        scale[j] = pool[:, j].sum() / total
+        if not np.allclose(pool[:, j], expected * scale[j], rtol=1e-9, atol=1e-12):
+            return None
+    return kernel, stride, -first, scale
+
+
+def _pool(g: GraphBuilder, mag: str, pool: np.ndarray, rows: int) -> str:
+    """(B, rows, T) @ pool (T, S), as a depthwise strided Conv when the weights allow (`pool_as_conv`)."""
+    conv = pool_as_conv(pool)
+    if conv is None:
+        return g.op("MatMul", mag, g.const(pool, "cwt_pool"))
+    kernel, stride, pad_begin, scale = conv
+    t, s = pool.shape
+    pad_end = max(0, (s - 1) * stride + len(kernel) - pad_begin - t)
+    y = g.op(
+        "Conv",
+        g.reshape(mag, [-1, 1, 1, t]),
+        g.const(kernel.reshape(1, 1, 1, -1), "pool_kernel"),
+        strides=[1, stride],
+        pads=[0, pad_begin, 0, pad_end],
+    )
+    produced = (t + pad_begin + pad_end - len(kernel)) // stride + 1
+    y = g.reshape(y, [-1, rows, produced])
+    if produced != s:
+        y = g.op(
+            "Slice",
+            y,
+            g.const([0], "starts", np.int64),
+            g.const([s], "ends", np.int64),
+            g.const([2], "axes", np.int64),
+        )
+    return g.op("Mul", y, g.const(scale, "pool_scale"))
 
 
 def _stft_magnitude(g: GraphBuilder, t: Any, x: str, length: int) -> str:
