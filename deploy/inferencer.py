@@ -131,6 +131,17 @@ class OnnxInferencer:
                 self.transform = signal2image.from_dict(dict(self.metadata.transform))
             except (KeyError, TypeError, ValueError) as exc:
                 raise UserError(f"{self.path}: its transform cannot be rebuilt ({exc})") from None
+            except ImportError as exc:  # a service installed without torch
+                fix = (
+                    "export its raw-signal model (pipeline export CONFIG --model MODEL --signal-model) "
+                    "and serve the package"
+                    if not self.metadata.is_image
+                    else "image models need it"
+                )
+                raise UserError(
+                    f"{self.path} needs the Python transform, which needs {exc.name or 'torch'} "
+                    f"(not installed): {fix}, or install torch"
+                ) from None
         self.classes: list[str] = list(self.metadata.classes)
         self.input_name = self.session.get_inputs()[0].name
         if self.metadata.takes_signal and self.input_name != SIGNAL_INPUT:

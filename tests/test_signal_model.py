@@ -328,3 +328,24 @@ def test_models_the_graph_cannot_express_are_refused_with_the_reason(package):
     raw = onnx.load(str(package["raw"]))
     with pytest.raises(ExportError, match="image-input model of a signal model"):
         build_signal_model(raw, package["cwt"])
+
+
+def test_without_torch_a_model_that_needs_the_python_transform_is_refused_with_the_fix(package, tmp_path):
+    alone = tmp_path / "model.onnx"  # the image model without its raw-signal model
+    alone.write_bytes(package["path"].read_bytes())
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import sys\nfrom deploy.inferencer import OnnxInferencer\n"
+        "from signal2image.errors import UserError\n"
+        "try:\n    OnnxInferencer(sys.argv[1])\nexcept UserError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.no_torch", "tests.client_runner", str(script), str(alone)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "needs the Python transform" in done.stdout and "--signal-model" in done.stdout
