@@ -13,6 +13,9 @@ give trained exports: speed does not depend on the weights.
 
     python benchmarks/load_service.py [--clients 32] [--requests 8] [--rounds 5] [--kinds image]
     python benchmarks/load_service.py --compare-root ../before   # this tree against another checkout
+    python benchmarks/load_service.py --kinds signal --raw-vs-python
+        # the raw-signal model (transform in the graph) against the same network behind the Python
+        # transform (the service before it), both batching on
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import signal2image  # noqa: E402
 from deploy.metadata import ModelMetadata  # noqa: E402
 from deploy.onnx_export import export_onnx  # noqa: E402
+from deploy.signal_model import build_signal_model, signal_model_path  # noqa: E402
 from models import build_model  # noqa: E402
 from signal2image import CwtTransform, ImageTransform  # noqa: E402
 
@@ -178,6 +183,12 @@ def main() -> None:
         "tree's, rounds alternating; reports this / other per round instead of batching on / off",
     )
     parser.add_argument("--kinds", default="signal,image", help="request kinds to run (signal, image)")
+    parser.add_argument(
+        "--raw-vs-python",
+        action="store_true",
+        help="signal requests: the package with its raw-signal model against the image model alone "
+        "(Python transform in the service), both batching on",
+    )
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp())
@@ -206,7 +217,23 @@ def main() -> None:
     for kind, (model, path, body, headers) in kinds.items():
         if kind not in args.kinds.split(","):
             continue
-        if args.compare_root is None:
+        if args.raw_vs_python and kind == "signal":
+            import shutil
+
+            import onnx
+
+            raw = signal_model_path(model)
+            if not raw.is_file():
+                transform = signal2image.from_dict(dict(ModelMetadata.from_onnx(model).transform))
+                onnx.save(build_signal_model(onnx.load(str(model)), transform), str(raw))
+            alone = folder / "python-transform" / model.name  # no raw-signal model beside it
+            alone.parent.mkdir(exist_ok=True)
+            shutil.copyfile(model, alone)
+            services = {
+                "raw-signal model": Service(model, *batching),
+                "Python transform": Service(alone, *batching),
+            }
+        elif args.compare_root is None:
             services = {
                 "batching on": Service(model, *batching),
                 "batching off": Service(model, "--no-batching", *extra),

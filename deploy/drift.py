@@ -148,8 +148,9 @@ def band_layout(
 
 def band_energies(inputs: np.ndarray, rows: Sequence[int]) -> np.ndarray:
     """(N, C, H, W) network inputs -> (N, B): the mean over channels and time (columns) of each band
-    of rows."""
-    profile = np.asarray(inputs, dtype=np.float32).mean(axis=(1, 3))  # (N, H)
+    of rows. (N, H) inputs are taken as that mean already (a raw-signal model's ``profile`` output)."""
+    x = np.asarray(inputs, dtype=np.float32)
+    profile = x if x.ndim == 2 else x.mean(axis=(1, 3))  # (N, H)
     bounds = np.asarray(rows)
     sums = np.add.reduceat(profile, bounds[:-1], axis=1)
     return (sums / np.diff(bounds)).astype(np.float32)

@@ -1,4 +1,10 @@
-"""A small inferencer: an ONNX model plus the transform rebuilt from the model's own metadata."""
+"""A small inferencer: an ONNX model plus the transform rebuilt from the model's own metadata.
+
+A raw-signal model (`deploy.signal_model`: the transform inside the graph) needs no transform here:
+windows go straight into ONNX Runtime, and the path imports neither torch nor the Python
+transforms. A signal model whose raw-signal model lies beside it (``model.signal.onnx``) is served
+by that one unless ``prefer_signal_model=False``.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-import signal2image
-from deploy.metadata import FEATURES_OUTPUT, ModelMetadata
+from deploy.metadata import FEATURES_OUTPUT, PROFILE_OUTPUT, ModelMetadata
+from deploy.signal_model import signal_model_path
 from deploy.signal_request import RequestError, prepare_signal, probabilities
-from signal2image import ImageTransform, SignalToImage
-from signal2image.base import zscore
 from signal2image.errors import UserError
+from signal2image.onnx_graph import SIGNAL_INPUT
+from signal2image.prepare import zscore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ class SignalPrediction:
 class BatchOutput:
     """One model run: probabilities, the rows that cannot be trusted ({row: reason}), and what the
     drift watch reads: the ``features`` output (None for a model exported without it) and the
-    network inputs."""
+    network inputs (N, C, H, W), or of a raw-signal model their ``profile`` (N, H)."""
 
     probs: np.ndarray
     problems: dict[int, str]
@@ -83,20 +89,31 @@ class OnnxInferencer:
     """Loads an exported model and predicts from raw windows, whole signals or network inputs.
 
     Args:
-        path: an .onnx file written by `deploy.onnx_export.export_onnx`.
+        path: an .onnx file written by `deploy.onnx_export.export_onnx` or a raw-signal model
+            (`deploy.signal_model`).
         providers: ONNX Runtime execution providers (default: CUDA when usable, else CPU).
         threads: intra-op threads (default: ONNX Runtime's choice).
+        prefer_signal_model: load the raw-signal model beside a signal model's `path` when there
+            is one (`deploy.signal_model.signal_model_path`); `path` then names the image model.
 
     Raises:
         UserError: the file is missing, not a loadable ONNX model, or lacks this project's metadata.
     """
 
     def __init__(
-        self, path: str | Path, *, providers: list[str] | None = None, threads: int | None = None
+        self,
+        path: str | Path,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        prefer_signal_model: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"model file {str(self.path)!r} not found")
+        raw = signal_model_path(self.path)
+        if prefer_signal_model and not self.path.name.endswith(raw.name) and raw.is_file():
+            self.path = raw
         try:
             self.session = create_session(self.path, providers=providers, threads=threads)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -106,15 +123,35 @@ class OnnxInferencer:
         self.metadata = ModelMetadata.from_props(
             self.session.get_modelmeta().custom_metadata_map, where=str(self.path)
         )
-        try:
-            self.transform: SignalToImage | ImageTransform = signal2image.from_dict(
-                dict(self.metadata.transform)
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{self.path}: its transform cannot be rebuilt ({exc})") from None
+        self.transform: Any = None  # a raw-signal model computes it in its graph
+        if not self.metadata.takes_signal:
+            import signal2image  # the Python transforms (torch)
+
+            try:
+                self.transform = signal2image.from_dict(dict(self.metadata.transform))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UserError(f"{self.path}: its transform cannot be rebuilt ({exc})") from None
+            except ImportError as exc:  # a service installed without torch
+                fix = (
+                    "export its raw-signal model (pipeline export CONFIG --model MODEL --signal-model) "
+                    "and serve the package"
+                    if not self.metadata.is_image
+                    else "image models need it"
+                )
+                raise UserError(
+                    f"{self.path} needs the Python transform, which needs {exc.name or 'torch'} "
+                    f"(not installed): {fix}, or install torch"
+                ) from None
         self.classes: list[str] = list(self.metadata.classes)
         self.input_name = self.session.get_inputs()[0].name
+        if self.metadata.takes_signal and self.input_name != SIGNAL_INPUT:
+            raise UserError(
+                f"{self.path}: a raw-signal model's input must be {SIGNAL_INPUT!r}, got {self.input_name!r}"
+            )
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.profile_index = (
+            self.output_names.index(PROFILE_OUTPUT) if PROFILE_OUTPUT in self.output_names else None
+        )
         # The logits are the first output; models exported with a drift reference also have "features".
         self.features_index = (
             self.output_names.index(FEATURES_OUTPUT) if FEATURES_OUTPUT in self.output_names[1:] else None
@@ -158,6 +195,11 @@ class OnnxInferencer:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
+    @property
+    def takes_signal(self) -> bool:
+        """True when the loaded graph is a raw-signal model (the transform runs inside it)."""
+        return self.metadata.takes_signal
+
     def predict_inputs(self, images: np.ndarray) -> np.ndarray:
         """Network inputs (N, C, H, W) -> class probabilities (N, n_classes).
 
@@ -175,6 +217,8 @@ class OnnxInferencer:
 
     def run_inputs(self, images: np.ndarray) -> BatchOutput:
         """`predict_inputs_checked` with the ``features`` output and the inputs kept (one run gives both)."""
+        if self.takes_signal:
+            raise UserError("this raw-signal model takes windows, not network inputs (predict_windows)")
         images = np.ascontiguousarray(images, dtype=np.float32)
         problems = _non_finite_rows(images, "the network input (after the transform)")
         outputs = self.session.run(None, {self.input_name: images})
@@ -197,7 +241,7 @@ class OnnxInferencer:
 
     def run_images(self, images: list[np.ndarray]) -> BatchOutput:
         """`predict_images_checked` with the features and inputs kept (see `run_inputs`)."""
-        if not isinstance(self.transform, ImageTransform):
+        if self.metadata.kind != "image":
             raise UserError("this model classifies signal windows, not images")
         return self.run_inputs(self.transform(images).numpy())
 
@@ -222,7 +266,7 @@ class OnnxInferencer:
 
     def run_windows(self, windows: np.ndarray, *, normalised: bool = False) -> BatchOutput:
         """`predict_windows_checked` with the features and inputs kept (see `run_inputs`)."""
-        if not isinstance(self.transform, SignalToImage):
+        if self.metadata.kind != "signal":
             raise UserError("this model classifies images, not signal windows")
         windows = np.asarray(windows, dtype=np.float32)
         if windows.shape[-1] != self.window_length:
@@ -230,21 +274,46 @@ class OnnxInferencer:
                 f"windows have {windows.shape[-1]} samples; this model expects {self.window_length}"
             )
         problems: dict[int, str] = {}
-        if self.transform.signal_norm == "recording" and not normalised:  # one call = one recording
+        if (
+            self.metadata.transform.get("signal_norm") == "recording" and not normalised
+        ):  # one call = one recording
             windows = windows if windows.ndim == 3 else windows[:, None, :]
             n, c = len(windows), windows.shape[1]
             joined = zscore(windows.transpose(1, 0, 2).reshape(c, -1))
             windows = joined.reshape(c, n, -1).transpose(1, 0, 2)
             problems = _non_finite_rows(windows, "z-scoring the recording")
-        try:
-            inputs = self.transform(windows).numpy()
-        except ValueError as exc:
-            raise UserError(f"cannot turn the windows into images: {exc}") from None
-        out = self.run_inputs(inputs)
+        if self.takes_signal:
+            out = self._run_signal(windows)
+        else:
+            try:
+                inputs = self.transform(windows).numpy()
+            except ValueError as exc:
+                raise UserError(f"cannot turn the windows into images: {exc}") from None
+            out = self.run_inputs(inputs)
         for row, reason in out.problems.items():
             problems.setdefault(row, reason)
         out.probs[list(problems)] = np.nan
         return BatchOutput(out.probs, problems, out.features, out.inputs)
+
+    def _run_signal(self, windows: np.ndarray) -> BatchOutput:
+        """The raw-signal model on windows (N, L) or (N, C, L) of its channels."""
+        x = windows if windows.ndim == 3 else windows[:, None, :]
+        want = len(self.metadata.channels)
+        if x.ndim != 3 or x.shape[1] != want:
+            raise UserError(
+                f"windows must be (N, {want}, {self.window_length}) for this model, got {windows.shape}"
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        problems = _non_finite_rows(x, "the window")
+        outputs = self.session.run(None, {self.input_name: x})
+        logits = outputs[0]
+        for row, reason in _non_finite_rows(logits, "the network's output").items():
+            problems.setdefault(row, reason)
+        probs = _softmax(logits)
+        probs[list(problems)] = np.nan
+        features = None if self.features_index is None else outputs[self.features_index]
+        profile = None if self.profile_index is None else outputs[self.profile_index]
+        return BatchOutput(probs, problems, features, profile)
 
     def signal_windows(
         self, signal: np.ndarray, fs: float | None = None, *, resample: bool = False, names: Any = None

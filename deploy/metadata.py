@@ -5,9 +5,14 @@ top-level key, readable by any ONNX tool). The job's export stage writes it; the
 service, the INT8/FP16 variants, the Triton repository and the CLI read it back with
 `ModelMetadata.from_onnx`. Nobody else parses the properties.
 
-Versions: `METADATA_VERSION` is written as the property ``metadata_version``. Files exported before
-the property existed hold the same keys and are read as version 1; a file from a newer version of
-this project is refused with a message instead of being half understood.
+Versions: the property ``metadata_version`` is the oldest format that describes the file fully.
+Files exported before the property existed hold the same keys and are read as version 1; a file
+from a newer version of this project is refused with a message instead of being half understood.
+Version 2 (`SIGNAL_INPUT_VERSION`) adds ``input_kind``: ``signal`` for a raw-signal model (its
+graph takes the windows themselves, ``[batch, channels, samples]``, and computes the transform);
+image-input models still say version 1 and keep being read by services of version 1, while a
+raw-signal model is refused by them rather than fed images. `METADATA_VERSION` is the newest
+version this code reads.
 
 Optional parts carry their own version and may be ignored without misreading the model: the drift
 reference (property ``drift_reference``, `DriftReference`, its own ``version``). A file without
@@ -29,9 +34,12 @@ import numpy as np
 
 from signal2image.errors import UserError
 
-METADATA_VERSION = 1
+METADATA_VERSION = 2
+SIGNAL_INPUT_VERSION = 2  # the first version with `input_kind`
 DRIFT_REFERENCE_VERSION = 2  # 2: `groups`, the training recording of each sample
 FEATURES_OUTPUT = "features"  # the second ONNX output: PCA-projected penultimate features
+PROFILE_OUTPUT = "profile"  # raw-signal models: the network input's mean over channels and columns
+INPUT_KINDS = ("image", "signal")
 
 
 class MetadataError(UserError):
@@ -225,7 +233,8 @@ class ModelMetadata:
         classes: class names, in the order of the network's outputs.
         transform: the signal-to-image (or image) transform's `to_dict()`; `signal2image.from_dict`
             rebuilds it.
-        input_shape: the network input, ``["batch", C, H, W]``.
+        input_shape: the graph's input: ``["batch", C, H, W]`` (the network input), or for a
+            raw-signal model ``["batch", channels, window_length]``.
         mean, std: the per-channel normalisation inside the transform (also in `transform`).
         window_length, window_hop: signal models: the window in samples (None for image models).
         fs: signal models: the sample rate in Hz.
@@ -237,7 +246,9 @@ class ModelMetadata:
         variant: set on INT8/FP16 variants.
         drift: the training-data reference of the drift watch (None: exported without one).
         drift_note: why there is no usable drift reference (empty when there is one).
-        version: the metadata format version.
+        input_kind: ``image``: the graph takes network inputs (the transform runs before it);
+            ``signal``: a raw-signal model, the graph takes the windows and computes `transform`.
+        version: the metadata format version (`SIGNAL_INPUT_VERSION` for a raw-signal model).
     """
 
     classes: tuple[str, ...]
@@ -255,7 +266,34 @@ class ModelMetadata:
     variant: Variant | None = None
     drift: DriftReference | None = None
     drift_note: str = ""
-    version: int = METADATA_VERSION
+    input_kind: str = "image"
+    version: int = 1
+
+    @property
+    def takes_signal(self) -> bool:
+        """True for a raw-signal model: the ONNX graph takes windows and computes the transform."""
+        return self.input_kind == "signal"
+
+    @property
+    def image_shape(self) -> tuple[Any, ...]:
+        """The network input ``("batch", C, S, S)``, whichever input the graph takes."""
+        size = int(self.transform["image_size"])
+        return ("batch", int(self.transform.get("channels", 3)), size, size)
+
+    def as_signal_input(self) -> ModelMetadata:
+        """The metadata of the raw-signal model of this (image-input) signal model.
+
+        Raises:
+            ValueError: an image model, or a signal model without its window.
+        """
+        if self.is_image or self.window_length is None:
+            raise ValueError("only a signal model with its window has a raw-signal model")
+        return dataclasses.replace(
+            self,
+            input_kind="signal",
+            input_shape=("batch", len(self.channels), self.window_length),
+            version=max(self.version, SIGNAL_INPUT_VERSION),
+        )
 
     @property
     def is_image(self) -> bool:
@@ -323,6 +361,8 @@ class ModelMetadata:
             "model": dataclasses.asdict(self.model),
             "metrics": dict(self.metrics),
         }
+        if self.takes_signal:
+            out["input_kind"] = self.input_kind
         if not self.is_image:
             out["window"] = {"length": self.window_length, "hop": self.window_hop}
             out["fs"] = self.fs
@@ -361,6 +401,11 @@ class ModelMetadata:
                 )
             transform = dict(doc["transform"])
             norm: Mapping[str, Any] = doc.get("normalisation") or {}
+            input_kind = str(doc.get("input_kind", "image"))
+            if input_kind not in INPUT_KINDS:
+                raise MetadataError(
+                    f"{where} has input_kind {input_kind!r}; this pipeline reads {list(INPUT_KINDS)}"
+                )
             meta = cls(
                 classes=tuple(str(c) for c in doc["classes"]),
                 transform=transform,
@@ -370,6 +415,7 @@ class ModelMetadata:
                 model=ModelInfo(**_known(ModelInfo, doc.get("model") or {})),
                 metrics={str(k): float(v) for k, v in (doc.get("metrics") or {}).items()},
                 variant=Variant(**_known(Variant, doc["variant"])) if doc.get("variant") else None,
+                input_kind=input_kind,
                 version=version,
             )
             if doc.get("drift_reference"):

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from deploy.metadata import ModelMetadata
-from signal2image.base import zscore
 from signal2image.errors import UserError
-from signal2image.prepare import cut_windows, resample
+from signal2image.prepare import cut_windows, resample, zscore
 
 MAX_RESAMPLE_FACTOR = 16
 

@@ -99,7 +99,7 @@ def check_model_uri(uri: str) -> None:
 
 def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
     """The .onnx file behind a ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) URI, downloaded
-    locally.
+    locally (with the raw-signal model logged beside it, `deploy.signal_model.signal_model_path`).
 
     Raises:
         UserError: the URI could reach outside the store (`check_model_uri`), does not resolve in the
@@ -124,7 +124,12 @@ def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
             f"model {uri!r} resolves to {str(local)!r}, outside the download folder {str(folder)!r}; "
             "a model URI must name artifacts inside the store"
         )
-    files = [local] if local.suffix == ".onnx" else sorted(local.rglob("*.onnx"))
+    # The model itself, not the raw-signal model logged with it (OnnxInferencer finds that one).
+    files = [local] if local.suffix == ".onnx" else sorted(local.rglob("*.onnx"), key=_image_model_first)
     if not files:
         raise UserError(f"model {uri!r} holds no .onnx file (found in {local})")
     return files[0]
+
+
+def _image_model_first(path: Path) -> tuple[bool, str]:
+    return (path.name.endswith(".signal.onnx"), str(path))

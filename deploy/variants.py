@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 
 from deploy.errors import ExportError
-from deploy.metadata import FEATURES_OUTPUT, MetadataError, ModelMetadata
+from deploy.metadata import FEATURES_OUTPUT, PROFILE_OUTPUT, MetadataError, ModelMetadata
 from deploy.onnx_export import INPUT_NAME, OUTPUT_NAME
+from deploy.signal_model import signal_model_path
 
 VARIANTS = ("int8", "fp16")
 
@@ -266,27 +267,31 @@ def triton_config(
     max_batch: int = 64,
     gpu: bool = True,
     features: int | None = None,
+    input_name: str = INPUT_NAME,
+    profile: int | None = None,
 ) -> str:
     """A Triton `config.pbtxt` for this project's ONNX models (dynamic batch axis first); `features`:
-    the width of the second output ``features`` of a model exported with a drift reference."""
+    the width of the output ``features`` of a model exported with a drift reference; `input_name`:
+    ``signal`` for a raw-signal model (`input_shape` then [channels, samples]), whose ``profile``
+    output has `profile` values."""
     dims = ", ".join(str(d) for d in input_shape)
     kind = "KIND_GPU" if gpu else "KIND_CPU"
-    second = (
-        ""
-        if features is None
-        else f""",
+    second = "".join(
+        f""",
   {{
-    name: "{FEATURES_OUTPUT}"
+    name: "{name}"
     data_type: TYPE_FP32
-    dims: [ {features} ]
+    dims: [ {width} ]
   }}"""
+        for name, width in ((FEATURES_OUTPUT, features), (PROFILE_OUTPUT, profile))
+        if width is not None
     )
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch}
 input [
   {{
-    name: "{INPUT_NAME}"
+    name: "{input_name}"
     data_type: TYPE_FP32
     dims: [ {dims} ]
   }}
@@ -313,35 +318,52 @@ instance_group [
 
 
 def write_triton_repository(
-    onnx_path: Path, repository: Path, *, name: str, version: int = 1, max_batch: int = 64, gpu: bool = True
+    onnx_path: Path,
+    repository: Path,
+    *,
+    name: str,
+    version: int = 1,
+    max_batch: int = 64,
+    gpu: bool = True,
+    prefer_signal_model: bool = True,
 ) -> Path:
     """`repository/<name>/config.pbtxt`, `labels.txt`, `<version>/model.onnx` and the model's
-    metadata as `metadata.json` (the transform the client must apply before sending images)."""
-    model = onnx.load(str(onnx_path))
+    metadata as `metadata.json`. A signal model's raw-signal model beside `onnx_path`
+    (`deploy.signal_model.signal_model_path`) is the one written when there is one: Triton then takes
+    raw windows (input ``signal``, dims [channels, samples]); otherwise `metadata.json` describes the
+    transform the client must apply before sending network inputs."""
+    raw = signal_model_path(onnx_path)
+    source = raw if prefer_signal_model and raw.is_file() else onnx_path
+    model = onnx.load(str(source))
     try:
         meta = ModelMetadata.from_onnx(model)
     except MetadataError as exc:
-        raise ExportError(f"{onnx_path}: {exc}") from None
+        raise ExportError(f"{source}: {exc}") from None
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:]
     if not dims or any(d <= 0 for d in dims):
-        raise ExportError(
-            f"{onnx_path}: the input needs fixed channel, height and width after the batch axis, got {dims}"
-        )
+        raise ExportError(f"{source}: the input needs fixed sizes after the batch axis, got {dims}")
     classes = list(meta.classes)
-    features = None
+    widths: dict[str, int] = {}
     for output in model.graph.output[1:]:
-        if output.name == FEATURES_OUTPUT:
+        if output.name in (FEATURES_OUTPUT, PROFILE_OUTPUT):
             width = [d.dim_value for d in output.type.tensor_type.shape.dim][1:]
             if len(width) != 1 or width[0] <= 0:
-                raise ExportError(
-                    f"{onnx_path}: the {FEATURES_OUTPUT!r} output needs a fixed width, got {width}"
-                )
-            features = width[0]
+                raise ExportError(f"{source}: the {output.name!r} output needs a fixed width, got {width}")
+            widths[output.name] = width[0]
     folder = repository / name
     (folder / str(version)).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, folder / str(version) / "model.onnx")
+    shutil.copyfile(source, folder / str(version) / "model.onnx")
     (folder / "config.pbtxt").write_text(
-        triton_config(name, dims, len(classes), max_batch=max_batch, gpu=gpu, features=features)
+        triton_config(
+            name,
+            dims,
+            len(classes),
+            max_batch=max_batch,
+            gpu=gpu,
+            features=widths.get(FEATURES_OUTPUT),
+            input_name=model.graph.input[0].name,
+            profile=widths.get(PROFILE_OUTPUT),
+        )
     )
     (folder / "labels.txt").write_text("\n".join(classes) + "\n")
     (folder / "metadata.json").write_text(json.dumps(meta.to_json(), indent=2))

@@ -232,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="points of test accuracy a variant may lose (default: the config's export.max_accuracy_drop)",
     )
+    export.add_argument(
+        "--signal-model",
+        action="store_true",
+        help=(
+            "write the raw-signal model (windows in, transform inside the graph) beside the copy; done "
+            "anyway for a signal model with --variant or --triton"
+        ),
+    )
     _add_tracking_uri(export)
     export.set_defaults(func=cmd_export)
 
@@ -493,7 +501,8 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """`pipeline export`: copy the model to ``--out``, add the checked variants and/or a Triton repository.
+    """`pipeline export`: copy the model to ``--out`` with its raw-signal model (a signal model's, copied
+    or built and checked on the test split), add the checked variants and/or a Triton repository.
 
     Returns:
         1 when a variant loses more test accuracy than allowed (it is removed), else 0.
@@ -501,15 +510,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
     from deploy.inferencer import OnnxInferencer
+    from deploy.signal_model import signal_model_path
     from deploy.variants import write_triton_repository
     from pipeline.config import load_config
     from pipeline.data import prepare_data
-    from pipeline.export import check_compatible, check_variants
+    from pipeline.export import check_compatible, check_variants, export_signal
 
-    if not args.variant and not args.triton:
-        raise UserError("nothing to do: give --variant int8, --variant fp16 and/or --triton DIR")
+    if not args.variant and not args.triton and not args.signal_model:
+        raise UserError(
+            "nothing to do: give --variant int8, --variant fp16, --triton DIR and/or --signal-model"
+        )
     cfg = load_config(args.config, args.overrides)
-    inferencer = OnnxInferencer.from_uri(args.model, tracking_uri=args.tracking_uri)
+    inferencer = OnnxInferencer.from_uri(
+        args.model, tracking_uri=args.tracking_uri, prefer_signal_model=False
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "model.onnx"
@@ -518,9 +532,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"model: {args.model} -> {model_path}")
     notes: list[str] = []
     refused: list[str] = []
-    if args.variant:
+    data = None
+    if args.variant or (args.signal_model and not inferencer.is_image):
         data = prepare_data(cfg, echo=lambda line: print(line))
         check_compatible(inferencer.metadata, data)
+    if not inferencer.is_image:
+        raw, given = signal_model_path(model_path), signal_model_path(inferencer.path)
+        if given.is_file() and not args.signal_model:
+            if given.resolve() != raw.resolve():
+                shutil.copyfile(given, raw)
+            print(f"raw-signal model: {given} -> {raw}")
+        else:
+            if data is None:
+                data = prepare_data(cfg, echo=lambda line: print(line))
+                check_compatible(inferencer.metadata, data)
+            export_signal(model_path, data, tolerance=cfg.export.tolerance, echo=print)
+    elif args.signal_model:
+        notes.append("no raw-signal model: this is an image model")
+    if args.variant:
+        assert data is not None
         drop = cfg.export.max_accuracy_drop if args.max_accuracy_drop is None else args.max_accuracy_drop
         reports = check_variants(
             model_path,

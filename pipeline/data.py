@@ -320,7 +320,9 @@ def transform_spec(cfg: JobConfig, fs: float | None = None) -> dict[str, Any]:
         channels=channels,
         signal_norm=cfg.data.normalise,
     )
-    settings = {"cwt": t.cwt.model_dump(), "stft": t.stft.model_dump()}.get(t.kind, {})
+    # A CWT is computed at the image's resolution, as the raw-signal ONNX model computes it.
+    cwt = {**t.cwt.model_dump(), "sampling": "output"}
+    settings = {"cwt": cwt, "stft": t.stft.model_dump()}.get(t.kind, {})
     return {"kind": t.kind, **common, **settings}
 
 

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from deploy.drift import CONDITIONS, SUMMARISED_INPUTS, reference_pick
+from deploy.errors import ExportError
 from deploy.metadata import ModelInfo, ModelMetadata
 from deploy.onnx_export import ParityReport, export_with_reference
+from deploy.signal_model import SignalParity, export_signal_model
 from deploy.variants import VariantReport, build_variants
 from models import build_model, head_path
 from pipeline.config import JobConfig
@@ -128,6 +130,30 @@ def export_best(
     }
     log_pytorch_model(model, architecture)
     return parity
+
+
+def export_signal(
+    onnx_path: Path, data: PreparedData, *, tolerance: float, echo: Callable[[str], None]
+) -> tuple[Path | None, SignalParity | None]:
+    """For a signal model, the raw-signal model beside `onnx_path` (`deploy.signal_model`), checked on
+    the whole test split against the Python transform + image model (same classes, logits within
+    `tolerance`). A transform the graph cannot express, or a failed check, is said and skipped: the
+    image model still serves (through the Python transform)."""
+    if data.is_image:
+        return None, None
+    try:
+        path, parity = export_signal_model(
+            onnx_path,
+            data.transform,
+            data.windows["test"].x,
+            data.images["test"].numpy(),
+            tolerance=tolerance,
+        )
+    except ExportError as exc:
+        echo(f"  raw-signal model not written: {exc}")
+        return None, None
+    echo(f"  raw-signal model {path.name}: {parity}")
+    return path, parity
 
 
 PYTORCH_ARTIFACTS = "pytorch-model"  # artifact folder of the run: state_dict.pt and architecture.json

@@ -20,7 +20,7 @@ from pipeline import distributed, provenance
 from pipeline.config import JobConfig
 from pipeline.data import PreparedData, examples, prepare_data
 from pipeline.errors import UserError
-from pipeline.export import check_variants, export_best, model_metadata
+from pipeline.export import check_variants, export_best, export_signal, model_metadata
 from pipeline.ingest.split import SPLIT_NAMES
 from pipeline.plots import to_png
 from pipeline.registry import Registration, next_version, register_best, register_variants
@@ -127,6 +127,14 @@ def run_job(
         metadata = model_metadata(cfg, data, best, run_id=parent_id, data_hash=data_hash, version=version)
         parity = export_best(outcome.best_model, data, metadata, onnx_path, cfg)
         echo(f"  {parity}")
+        _, signal_parity = export_signal(onnx_path, data, tolerance=cfg.export.tolerance, echo=echo)
+        if signal_parity is not None:
+            mlflow.log_metrics(
+                {
+                    "signal_model_max_abs_diff": signal_parity.max_abs_diff,
+                    "signal_model_agreement": signal_parity.agreement,
+                }
+            )
 
         echo(f"[4/4] registering in the MLflow model registry as {cfg.tracking.registered_model!r}")
         registration = register_best(cfg, onnx_path, data, best, run_id=parent_id, data_hash=data_hash)

@@ -113,6 +113,10 @@ def register_onnx(
             alias holder's count on the same test data.
         total: the number of test samples.
         artifact: the logged model's name in the run (one per variant).
+
+    The raw-signal model beside `onnx_path` (`deploy.signal_model.signal_model_path`), when there is
+    one, is logged with it (the model's ``extra_files``), so a service that loads the registered
+    model serves signal requests with it.
     """
     if not 0 <= correct <= total or total <= 0:
         raise ValueError(f"expected 0 <= correct <= total and total > 0, got {correct}/{total}")
@@ -123,7 +127,9 @@ def register_onnx(
     from mlflow.models import infer_signature
 
     from deploy.inferencer import choose_providers, create_session
+    from deploy.signal_model import signal_model_path
 
+    raw = signal_model_path(onnx_path)
     logits = create_session(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": example})[0]
     info = mlflow.onnx.log_model(
         onnx.load(str(onnx_path)),
@@ -132,6 +138,7 @@ def register_onnx(
         signature=infer_signature(example, logits),
         input_example=example,
         save_as_external_data=False,
+        extra_files=[str(raw)] if raw.is_file() else None,
         onnx_execution_providers=choose_providers(),
         pip_requirements=[
             f"onnxruntime-gpu=={onnxruntime.__version__}",

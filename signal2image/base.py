@@ -13,7 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from signal2image.prepare import zscore
+
 SIGNAL_NORMS = ("none", "window", "recording")
+__all__ = ["SIGNAL_NORMS", "SignalToImage", "channel_stats", "check_stats", "normalise", "zscore"]
 
 
 def normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -40,14 +43,6 @@ def check_stats(mean: tuple[float, ...], std: tuple[float, ...], channels: int) 
         raise ValueError(
             f"mean and std need {channels} value(s), one per output channel, got {list(mean)} and {list(std)}"
         )
-
-
-def zscore(x: np.ndarray) -> np.ndarray:
-    """Zero mean, unit standard deviation along the last axis (a constant stays 0)."""
-    x = np.asarray(x, dtype=np.float32)
-    centred = x - x.mean(axis=-1, keepdims=True)
-    std = centred.std(axis=-1, keepdims=True)
-    return (centred / np.where(std > 0, std, 1)).astype(np.float32)
 
 
 class SignalToImage:
@@ -201,17 +196,20 @@ class SignalToImage:
     def _prepared(self, windows: np.ndarray) -> np.ndarray:
         return zscore(windows) if self.signal_norm == "window" else np.asarray(windows, dtype=np.float32)
 
-    def _db(self, windows: np.ndarray) -> torch.Tensor:
-        """(N, L) -> (N, S, S): magnitude, resized (antialiased), in dB."""
+    def image_magnitude(self, windows: np.ndarray) -> torch.Tensor:
+        """(N, L) -> (N, S, S): the magnitude resized (antialiased bilinear) to the image."""
         mag = self.magnitude(windows).to(torch.float32)
-        mag = F.interpolate(
+        return F.interpolate(
             mag[:, None],
             size=(self.image_size, self.image_size),
             mode="bilinear",
             antialias=True,
             align_corners=False,
         )[:, 0]
-        return 20 * torch.log10(mag.clamp_min(1e-12))
+
+    def _db(self, windows: np.ndarray) -> torch.Tensor:
+        """(N, L) -> (N, S, S): `image_magnitude` in dB."""
+        return 20 * torch.log10(self.image_magnitude(windows).clamp_min(1e-12))
 
     def _to_unit_image(self, windows: np.ndarray) -> torch.Tensor:
         """(N, L) -> (N, S, S) in [0, 1]: dB relative to the image's peak (or the fitted level), floored."""

@@ -47,3 +47,11 @@ def nyquist_problem(f_max: float, fs: float, field: str) -> str | None:
             f"(sampled at {fs:g} Hz); lower it to at most {fs / 2:g}"
         )
     return None
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Zero mean, unit standard deviation along the last axis (a constant stays 0)."""
+    x = np.asarray(x, dtype=np.float32)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    std = centred.std(axis=-1, keepdims=True)
+    return (centred / np.where(std > 0, std, 1)).astype(np.float32)

@@ -128,7 +128,8 @@ def test_onnx_matches_pytorch_on_real_inputs_and_alias_resolves(finished_job):
     work, cfg_path, out = finished_job
     onnx_path = work / re.search(r"ONNX model:\s+(\S+)", out).group(1)
     assert onnx_path.is_file()
-    inferencer = OnnxInferencer(onnx_path)
+    assert onnx_path.with_name("model.signal.onnx").is_file() and "raw-signal model model.signal.onnx" in out
+    inferencer = OnnxInferencer(onnx_path, prefer_signal_model=False)  # the image model, Python transform
     meta = inferencer.metadata
     assert list(meta.classes) == list(SimulatorConfig().classes)
     assert meta.transform["kind"] == "cwt" and (meta.window_length, meta.window_hop) == (1024, 512)

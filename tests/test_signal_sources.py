@@ -209,11 +209,14 @@ def test_one_channel_job_split_by_condition_exports_what_the_service_reproduces(
     assert re.search(
         r"export:\s+int8: \S+model.int8.onnx registered as models:/tiny-fault-int8/1", proc.stdout
     ), proc.stdout
-    assert (tmp_path / "triton" / "tiny-fault" / "config.pbtxt").is_file() and "dims: [ 1, 32, 32 ]" in (
-        tmp_path / "triton" / "tiny-fault" / "config.pbtxt"
-    ).read_text()
+    triton = tmp_path / "triton" / "tiny-fault"
+    # Triton gets the raw-signal model: one grey channel of raw windows in, the 1-channel image inside.
+    assert re.search(
+        r'name: "signal"\s+data_type: TYPE_FP32\s+dims: \[ 1, \d+ \]', (triton / "config.pbtxt").read_text()
+    )
+    assert json.loads((triton / "metadata.json").read_text())["transform"]["channels"] == 1
     onnx_path = tmp_path / re.search(r"ONNX model:\s+(\S+)", proc.stdout).group(1)
-    inferencer = OnnxInferencer(onnx_path)
+    inferencer = OnnxInferencer(onnx_path, prefer_signal_model=False)
     meta = inferencer.metadata
     assert (
         meta.input_shape[1] == 1
@@ -230,3 +233,5 @@ def test_one_channel_job_split_by_condition_exports_what_the_service_reproduces(
         np.asarray(test.x)
     )  # raw windows through the transform rebuilt from metadata
     assert np.allclose(got, expected, atol=1e-5)
+    raw = OnnxInferencer(onnx_path)  # the raw-signal model beside it: the same, transform in the graph
+    assert raw.takes_signal and np.allclose(raw.predict_windows(np.asarray(test.x)), expected, atol=1e-4)

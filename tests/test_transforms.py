@@ -47,8 +47,10 @@ def test_cwt_sine_peaks_at_its_frequency_and_matches_pywt():
         assert abs(np.log(t.frequencies_[row] / f0)) < np.log(6000 / 100) / 47 * 1.5
     x = _sine(700.0)[None]
     ref, _ = pywt.cwt(x[0], t.scales_, "cmor1.5-1.0", sampling_period=1 / FS, method="conv")
-    got = t.magnitude(x)[0].numpy()
-    assert np.max(np.abs(got - np.abs(ref))) <= 1e-3 * np.abs(ref).max()
+    exact = CwtTransform(fs=FS, n_scales=48, f_min=100, f_max=6000, sampling="full")
+    assert np.max(np.abs(exact.magnitude(x)[0].numpy() - np.abs(ref))) <= 1e-3 * np.abs(ref).max()
+    # The band-limited filters of sampling "output" differ from pywt's rounded ones only off the band.
+    assert np.max(np.abs(t.magnitude(x)[0].numpy() - np.abs(ref))) <= 2e-2 * np.abs(ref).max()
 
 
 def test_stft_sine_peaks_in_the_right_bin_and_matches_scipy():
