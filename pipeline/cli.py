@@ -730,7 +730,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if _runs_started() > runs_before:
+        if args.command == "tune" and _runs_started() > runs_before:
+            message = (
+                "the running trial is marked failed (its MLflow run KILLED) and the study is kept; "
+                "run the same command again to continue it"
+            )
+        elif _runs_started() > runs_before:
             message = "MLflow runs in progress are marked KILLED and the last checkpoints are kept"
         else:
             message = "no MLflow run had started, nothing was logged"

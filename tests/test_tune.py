@@ -180,6 +180,7 @@ def test_ctrl_c_fails_the_running_trial_and_the_same_command_continues_the_study
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "run the same command again to continue it" in err, err
     study = optuna.load_study(study_name=names[0], storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
