@@ -254,3 +254,20 @@ def test_the_default_space_covers_every_strategy_and_is_valid(workdir):
     assert space == default_space(cfg)
     assert space["strategy"].choice == ("scratch", "finetune")
     assert {"train.strategies.0.lr", "train.strategies.1.lr", "train.weight_decay"} <= set(space)
+
+
+def test_a_storage_optuna_cannot_open_is_a_usage_error(workdir, capsys):
+    cfg_path = write_config(workdir / "s.yaml", tiny_study("s"))
+    assert main(["tune", str(cfg_path), "--storage", "sqlite:////no/such/folder/optuna.db"]) == 2
+    err = capsys.readouterr().err
+    assert "--storage 'sqlite:////no/such/folder/optuna.db'" in err and "sqlite:///optuna.db" in err
+
+
+def test_hyperband_spans_the_largest_number_of_epochs_searched(workdir):
+    from pipeline.tune import make_pruner, search_space
+
+    job = tiny_study("h", pruner={"kind": "hyperband"})
+    job["tune"]["space"]["train.epochs"] = {"int": [2, 9]}
+    cfg = load_config(write_config(workdir / "h.yaml", job))
+    pruner = make_pruner(cfg, search_space(cfg))
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner) and pruner._max_resource == 9
