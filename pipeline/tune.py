@@ -417,7 +417,8 @@ def run_tune(
         if not complete:
             raise UserError(
                 f"study {name!r}: no trial completed ({counts['pruned']} pruned, {counts['fail']} failed); "
-                "widen the search space, lower tune.pruner.startup_trials' pruning or run more trials"
+                "run more trials, widen the search space, or prune later (raise tune.pruner.startup_trials "
+                "or warmup_epochs)"
             )
         best = the_study.best_trial
         tuned = write_tuned_config(cfg, config_path, overrides, best, name=name, counts=counts, metric=metric)
@@ -438,6 +439,7 @@ def study_run(study: Any, created: bool, experiment_id: str, cfg: JobConfig, sto
     import mlflow
 
     client = mlflow.MlflowClient()
+    run_id = None
     if not created:
         for _ in range(120):
             run_id = study.user_attrs.get(STUDY_RUN_ATTR)
@@ -460,7 +462,8 @@ def study_run(study: Any, created: bool, experiment_id: str, cfg: JobConfig, sto
         chunk = list(params.items())[start : start + 100]
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in chunk])
     client.set_terminated(run.info.run_id, "KILLED")  # RUNNING only while a process tunes
-    study.set_user_attr(STUDY_RUN_ATTR, run.info.run_id)
+    if not run_id:  # a process with its own MLflow store leaves the study's parent run as it is
+        study.set_user_attr(STUDY_RUN_ATTR, run.info.run_id)
     return str(run.info.run_id)
 
 
