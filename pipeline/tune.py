@@ -701,8 +701,15 @@ def log_study_plots(study: Any, echo: Callable[[str], None]) -> None:
     vis = optuna.visualization.matplotlib
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
-        log_png(to_png(vis.plot_optimization_history(study).figure), "optimization_history.png")
+        log_png(to_png(_fitted(vis.plot_optimization_history(study).figure)), "optimization_history.png")
         try:
-            log_png(to_png(vis.plot_param_importances(study).figure), "param_importances.png")
+            log_png(to_png(_fitted(vis.plot_param_importances(study).figure)), "param_importances.png")
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             echo(f"  no parameter importances yet ({exc})")
+
+
+def _fitted(fig: Any) -> Any:
+    """Room for the long dotted parameter names on the axis."""
+    fig.set_size_inches(9, 5)
+    fig.tight_layout()
+    return fig
