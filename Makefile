@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) -e ".[dev,serve]"
+	$(PIP) -e ".[dev,serve,tune]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -93,6 +93,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+    tune = sub.add_parser(
+        "tune",
+        help="search hyper-parameters on the validation split (Optuna), write CONFIG's .tuned.yaml",
+        description=(
+            "Search the config's tune.space (or a default space: strategy, learning rates, weight decay, "
+            "dropout) with Optuna's TPE sampler and a pruner fed by the per-epoch validation score. Only "
+            "the validation split is scored. One MLflow parent run per study, one child run per trial. "
+            "The best trial is written next to CONFIG as <name>.tuned.yaml: `pipeline run` it for the "
+            "test scores. Running the same command again continues the study; several processes with "
+            "the same --storage tune one study together."
+        ),
+    )
+    tune.add_argument("config", metavar="CONFIG", help="job file, e.g. configs/forda.yaml")
+    _add_overrides(tune)
+    tune.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="finished (completed or pruned) trials the study should hold (default 20; none with --timeout)",
+    )
+    tune.add_argument(
+        "--timeout", default=None, help="stop starting trials after this long, e.g. 2h, 45m, 1h30m, 600"
+    )
+    tune.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL shared by the processes (default: optuna.db next to the MLflow store)",
+    )
+    tune.add_argument(
+        "--study", default=None, help="study name (default: the job name and a hash of the config)"
+    )
+    tune.set_defaults(func=cmd_tune)
+
     predict = sub.add_parser(
         "predict",
         help="classify signal files (NPY, NPZ, CSV) or images with an exported model",
@@ -393,6 +426,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     finally:
         distributed.shutdown()
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """`pipeline tune`: the study of the config, then its tuned config next to it."""
+    from pipeline.config import load_config
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a stop ends the current trial failed, like Ctrl-C
+    if args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {args.trials}")
+    require("optuna", "tune", "pipeline tune")
+    from pipeline.tune import parse_duration, run_tune
+
+    timeout = parse_duration(args.timeout) if args.timeout is not None else None
+    cfg = load_config(args.config, args.overrides)
+    run_tune(
+        cfg,
+        config_path=args.config,
+        overrides=tuple(args.overrides),
+        trials=args.trials,
+        timeout=timeout,
+        storage=args.storage,
+        study=args.study,
+    )
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -703,7 +760,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if _runs_started() > runs_before:
+        if args.command == "tune" and _runs_started() > runs_before:
+            message = (
+                "the running trial is marked failed (its MLflow run KILLED) and the study is kept; "
+                "run the same command again to continue it"
+            )
+        elif _runs_started() > runs_before:
             message = "MLflow runs in progress are marked KILLED and the last checkpoints are kept"
         else:
             message = "no MLflow run had started, nothing was logged"

@@ -662,6 +662,98 @@ class ExportConfig(Section):
     )
 
 
+SEARCH_KINDS = ("log", "float", "int", "choice")
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+class SearchSpec(Section):
+    """One dimension of a `pipeline tune` search: exactly one of `log: [low, high]` (log-uniform),
+    `float: [low, high]` (uniform), `int: [low, high]` (integers, both ends included) or
+    `choice: [a, b, ...]`."""
+
+    log: tuple[float, float] | None = None
+    float_: tuple[float, float] | None = Field(None, alias="float")
+    int_: tuple[int, int] | None = Field(None, alias="int")
+    choice: tuple[int | float | str | bool | None, ...] | None = Field(None, min_length=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchSpec:
+        given = [
+            k for k, v in zip(SEARCH_KINDS, (self.log, self.float_, self.int_, self.choice)) if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(SEARCH_KINDS)}, e.g. {{log: [1e-5, 3e-3]}} or "
+                f"{{choice: [64, 96]}}; got {given or 'none'}"
+            )
+        bounds = self.log or self.float_ or self.int_
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"{given[0]}: [low, high] needs low < high, got {list(bounds)}")
+        if self.log is not None and self.log[0] <= 0:
+            raise ValueError(f"log: the low end must be above 0 (log scale), got {list(self.log)}; use float")
+        if self.choice is not None and len(set(map(repr, self.choice))) != len(self.choice):
+            raise ValueError(f"choice: values repeat in {list(self.choice)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(
+            k for k, v in zip(SEARCH_KINDS, (self.log, self.float_, self.int_, self.choice)) if v is not None
+        )
+
+    def values_to_check(self) -> list[Any]:
+        """The values that must all make a valid config: both ends, or every choice."""
+        if self.choice is not None:
+            return list(self.choice)
+        bounds = self.log or self.float_ or self.int_
+        assert bounds is not None
+        return list(bounds)
+
+
+class PrunerConfig(Section):
+    """The pruner of `pipeline tune`, fed by the validation metric after every epoch.
+
+    median: a trial stops when its epoch's score is below the median of earlier trials at that
+    epoch (after `startup_trials` finished trials and `warmup_epochs` epochs). hyperband: Optuna's
+    Hyperband over 1 to `train.epochs` epochs. none: every trial runs all its epochs.
+    """
+
+    kind: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(3, ge=0, description="median: finished trials before any is pruned")
+    warmup_epochs: int = Field(1, ge=0, description="median: epochs of a trial that are never pruned")
+
+
+class TuneConfig(Section):
+    """`pipeline tune`: the search space over the config's own keys, the sampler and the pruner.
+
+    `space` maps a dotted key (`train.strategies[0].lr` or `train.strategies.0.lr`,
+    `transform.image_size`) to a `SearchSpec`; the key `strategy` chooses which of
+    `train.strategies` a trial trains. Without `space`, `pipeline.tune.default_space` applies.
+    """
+
+    space: dict[str, SearchSpec] = Field(default_factory=dict)
+    pruner: PrunerConfig = PrunerConfig()
+    startup_trials: int = Field(5, ge=1, description="TPE: random trials before the model-based search")
+    seed: int = Field(0, ge=0, description="seed of the sampler of a new study")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _dotted_keys(cls, value: Any) -> Any:
+        """`train.strategies[0].lr` -> `train.strategies.0.lr`: one spelling everywhere (MLflow
+        parameter names take no brackets)."""
+        if not isinstance(value, dict):
+            return value
+        out: dict[Any, Any] = {}
+        for key, spec in value.items():
+            dotted = _INDEX.sub(r".\1", key) if isinstance(key, str) else key
+            if dotted in out:
+                raise ValueError(f"key {key!r} is given twice (as {dotted!r})")
+            out[dotted] = spec
+        return out
+
+
 class JobConfig(Section):
     """A whole job file; validation also checks rules across sections (data vs transform, Nyquist)."""
 
@@ -672,6 +764,7 @@ class JobConfig(Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     export: ExportConfig = ExportConfig()
+    tune: TuneConfig | None = None  # read by `pipeline tune` only
 
     @model_validator(mode="after")
     def _native_image_size(self) -> JobConfig:
@@ -895,13 +988,15 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if isinstance(part, int):
             args = typing.get_args(current)
             current = args[0] if args else None
+        elif typing.get_origin(current) is dict:  # tune.space: any key, a section as its value
+            current = typing.get_args(current)[1]
         elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
             current = current.model_fields[part].annotation
         else:
             return []
     current = _unwrap(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+        return [info.alias or name for name, info in current.model_fields.items()]
     return []
 
 
