@@ -220,15 +220,20 @@ class OnnxInferencer:
         if self.takes_signal:
             raise UserError("this raw-signal model takes windows, not network inputs (predict_windows)")
         images = np.ascontiguousarray(images, dtype=np.float32)
-        problems = _non_finite_rows(images, "the network input (after the transform)")
-        outputs = self.session.run(None, {self.input_name: images})
-        logits = outputs[0]
-        for row, reason in _non_finite_rows(logits, "the network's output").items():
-            problems.setdefault(row, reason)
-        probs = _softmax(logits)
-        probs[list(problems)] = np.nan
+        probs, problems, outputs = self._run_checked(images, "the network input (after the transform)")
         features = None if self.features_index is None else outputs[self.features_index]
         return BatchOutput(probs, problems, features, images)
+
+    def _run_checked(self, x: np.ndarray, stage: str) -> tuple[np.ndarray, dict[int, str], list[Any]]:
+        """Run the session on `x`: (probabilities, the rows made untrustworthy by a non-finite input
+        (named `stage`) or output, set to NaN, all outputs)."""
+        problems = _non_finite_rows(x, stage)
+        outputs = self.session.run(None, {self.input_name: x})
+        for row, reason in _non_finite_rows(outputs[0], "the network's output").items():
+            problems.setdefault(row, reason)
+        probs = _softmax(outputs[0])
+        probs[list(problems)] = np.nan
+        return probs, problems, outputs
 
     def predict_images(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images (float [0, 1], (H, W) or (H, W, 3), any size) -> probabilities (N, n_classes)."""
@@ -304,13 +309,7 @@ class OnnxInferencer:
                 f"windows must be (N, {want}, {self.window_length}) for this model, got {windows.shape}"
             )
         x = np.ascontiguousarray(x, dtype=np.float32)
-        problems = _non_finite_rows(x, "the window")
-        outputs = self.session.run(None, {self.input_name: x})
-        logits = outputs[0]
-        for row, reason in _non_finite_rows(logits, "the network's output").items():
-            problems.setdefault(row, reason)
-        probs = _softmax(logits)
-        probs[list(problems)] = np.nan
+        probs, problems, outputs = self._run_checked(x, "the window")
         features = None if self.features_index is None else outputs[self.features_index]
         profile = None if self.profile_index is None else outputs[self.profile_index]
         return BatchOutput(probs, problems, features, profile)
