@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 # A job small enough for one CPU minute: 5 classes x 3 recordings of 0.5 s, 32 px images, one epoch.
+# A shell starts background jobs (`cmd &`, nohup) with SIGINT ignored, and an ignored signal stays
+# ignored across exec: the jobs the tests interrupt with SIGINT (Ctrl-C) would then never see it.
+# A handler here is reset to the default in every child, where Python turns SIGINT into
+# KeyboardInterrupt again.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 TINY_JOB = {
     "name": "tiny",
     "data": {
