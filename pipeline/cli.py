@@ -752,7 +752,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs_before = _runs_started()
     try:
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except Exception as exc:
+            if _from_interrupt(exc):  # a Ctrl-C or SIGTERM that a library re-raised as another error
+                raise KeyboardInterrupt from exc
+            raise
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -771,6 +776,21 @@ def main(argv: list[str] | None = None) -> int:
             message = "no MLflow run had started, nothing was logged"
         print(f"interrupted: {message}", file=sys.stderr)
         return 130
+
+
+def _from_interrupt(exc: BaseException) -> bool:
+    """Whether `exc` stands for an interrupt: a KeyboardInterrupt in its cause or context chain, or
+    one that a C++ extension (torch) turned into a RuntimeError naming it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt) or (
+            isinstance(current, RuntimeError) and "KeyboardInterrupt" in str(current)
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 if __name__ == "__main__":

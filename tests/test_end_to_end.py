@@ -232,7 +232,7 @@ def test_interrupted_job_is_marked_killed_and_keeps_its_checkpoint(tmp_path, sto
     _, returncode, err = _run_and_stop(
         tmp_path, epochs=30, experiment="interrupted", when="scratch.pt", stop=stop
     )
-    assert returncode == 130 and "KILLED" in err and "Traceback" not in err
+    assert returncode == 130 and "KILLED" in err and "Traceback" not in err, err[-3000:]
     ckpt = next(tmp_path.rglob("scratch.pt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["epoch"] >= 0 and "model" in state and "optimizer" in state
@@ -333,3 +333,17 @@ def test_resume_continues_the_interrupted_job_in_the_same_runs(tmp_path):
     assert sorted(set(steps)) == [0, 1, 2] and finetune.data.metrics["test_accuracy"] >= 0
     again = run_cli("run", str(cfg_path), "--resume", cwd=tmp_path)
     assert again.returncode == 2 and "nothing to resume" in again.stderr
+
+
+def test_an_interrupt_re_raised_as_another_error_still_counts_as_an_interrupt():
+    from pipeline.cli import _from_interrupt
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise OSError("checkpoint write failed") from None
+    except OSError as exc:
+        assert _from_interrupt(exc)  # its context is the interrupt
+    assert _from_interrupt(RuntimeError("KeyboardInterrupt: raised in a hook"))
+    assert not _from_interrupt(ValueError("bad value"))
