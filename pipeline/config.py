@@ -787,6 +787,11 @@ class JobConfig(Section):
                 + f", got {self.transform.kind!r}"
             )
         if self.data.is_image:
+            if self.train.select_metric == "val_robust":
+                raise ValueError(
+                    "train.select_metric: val_robust needs perturbed signal windows, but this job classifies "
+                    "images; choose val_accuracy or val_macro_f1"
+                )
             if self.data.split.by == "condition":
                 raise ValueError(
                     "data.split.by: condition is for signal recordings; "

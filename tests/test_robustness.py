@@ -79,3 +79,17 @@ def test_the_note_says_when_val_robust_would_choose_another_network():
         "0.500",
         "0.600",
     ]
+
+
+def test_val_robust_on_an_image_job_is_a_config_error_naming_the_fix(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from tests.conftest import write_config
+
+    job = {
+        "data": {"source": "images", "images": {"path": str(tmp_path)}},
+        "transform": {"kind": "image", "image_size": 32},
+        "train": {"select_metric": "val_robust"},
+    }
+    with pytest.raises(ConfigError, match="val_robust needs perturbed signal windows.*val_accuracy"):
+        load_config(write_config(tmp_path / "job.yaml", job))
