@@ -234,7 +234,10 @@ def open_storage(url: str) -> Any:
     import optuna
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    for attempt in range(3):  # two processes creating the tables of a new database at once
+    # Two processes creating the tables of a new database at the same instant collide: one sees
+    # "table ... already exists", or a UNIQUE failure on alembic_version. The second try finds them made.
+    races = ("already exists", "UNIQUE constraint failed", "alembic_version", "database is locked")
+    for attempt in range(4):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -242,7 +245,7 @@ def open_storage(url: str) -> Any:
                     url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=180
                 )
         except Exception as exc:  # sqlalchemy's errors for a bad URL, a missing driver, no server
-            if attempt == 2 or "already exists" not in str(exc):
+            if attempt == 3 or not any(race in str(exc) for race in races):
                 raise UserError(
                     f"--storage {masked(url)!r}: Optuna cannot open it ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0][:200]}); give a database URL such as "
