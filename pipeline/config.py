@@ -490,17 +490,40 @@ class StrategyConfig(Section):
 
 
 class AugmentConfig(Section):
-    """Training-time augmentations for inspection images (never applied to validation or test)."""
+    """Training-time augmentations (never applied to validation or test): flips, turns, brightness
+    and contrast for inspection images; SpecAugment-style masks and a circular time shift for CWT
+    and STFT images of signals (rows are frequencies, columns time)."""
 
     hflip: bool = False
     vflip: bool = False
     rot90: bool = False
     brightness: float = Field(0.0, ge=0, le=0.5, description="max shift, in units of the [0, 1] image range")
     contrast: float = Field(0.0, ge=0, le=0.5, description="max relative change of contrast")
+    time_mask: float = Field(
+        0.0, ge=0, le=0.5, description="signal images: max width of each time mask, a fraction of the columns"
+    )
+    freq_mask: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="signal images: max height of each frequency mask, a fraction of the rows",
+    )
+    masks: int = Field(1, ge=1, le=4, description="signal images: how many time and frequency masks each")
+    time_shift: bool = Field(
+        False, description="signal images: roll each image by a random number of columns"
+    )
+
+    @property
+    def image_active(self) -> bool:
+        return self.hflip or self.vflip or self.rot90 or self.brightness > 0 or self.contrast > 0
+
+    @property
+    def signal_active(self) -> bool:
+        return self.time_mask > 0 or self.freq_mask > 0 or self.time_shift
 
     @property
     def active(self) -> bool:
-        return self.hflip or self.vflip or self.rot90 or self.brightness > 0 or self.contrast > 0
+        return self.image_active or self.signal_active
 
 
 class TrainConfig(Section):
@@ -525,6 +548,19 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     early_stopping: int | None = Field(
         None, ge=1, description="stop after this many epochs without a better validation score"
+    )
+    mixup: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="mixup's Beta(alpha, alpha): each sample mixes with another of its batch; 0: off",
+    )
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="decay of an exponential moving average of the weights, updated every step; "
+        "validation, the best epoch and the export use the averaged weights",
     )
     seeds: tuple[int, ...] = Field(
         (0,), min_length=1, description="one trained model per seed; the report gives mean and std"
@@ -787,6 +823,11 @@ class JobConfig(Section):
                 + f", got {self.transform.kind!r}"
             )
         if self.data.is_image:
+            if self.train.augment.signal_active:
+                raise ValueError(
+                    "train.augment.time_mask, freq_mask and time_shift act on the time and frequency axes of "
+                    "signal images; for inspection images use hflip, vflip, rot90, brightness or contrast"
+                )
             if self.train.select_metric == "val_robust":
                 raise ValueError(
                     "train.select_metric: val_robust needs perturbed signal windows, but this job classifies "
@@ -809,10 +850,16 @@ class JobConfig(Section):
                 f"{len(self.data.folder.channels)} channels; "
                 "use one channel, or model.in_channels: 3 (channels become R, G, B)"
             )
-        if self.train.augment.active:
+        if self.train.augment.image_active:
             raise ValueError(
                 "train.augment flips and turns images; on CWT/STFT inputs it would scramble the time and "
-                "frequency axes: remove train.augment for signal jobs"
+                "frequency axes: remove train.augment's hflip, vflip, rot90, brightness and contrast for "
+                "signal jobs (time_mask, freq_mask and time_shift are the signal-image augmentations)"
+            )
+        if self.train.augment.signal_active and self.transform.kind not in ("cwt", "stft"):
+            raise ValueError(
+                f"train.augment.time_mask, freq_mask and time_shift need rows of frequency and columns of "
+                f"time, but transform.kind is {self.transform.kind!r}; use cwt or stft, or remove them"
             )
         problem = (  # fs unknown until the files are read: checked again then
             nyquist_problem(self.transform.cwt.f_max, self.data.fs, "transform.cwt.f_max")

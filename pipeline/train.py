@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -228,6 +229,13 @@ class _Run:
     amp: bool
     amp_dtype: torch.dtype
     scaler: torch.amp.GradScaler
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # the averaged copy of the whole model
+
+    def eval_net(self) -> nn.Module:
+        """What validation scores: the averaged weights with EMA, else the weights being trained."""
+        if self.ema is None:
+            return self.net
+        return self.ema.module.get_submodule(self.head_name) if self.cached else self.ema.module
 
 
 def _prepare(
@@ -306,6 +314,13 @@ def _prepare(
         amp_dtype=amp_dtype,
         # float16 gradients underflow without loss scaling; bfloat16 and the CPU need none.
         scaler=torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16),
+        ema=(
+            None
+            if cfg.ema is None
+            else torch.optim.swa_utils.AveragedModel(
+                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True
+            )
+        ),
     )
 
 
@@ -319,6 +334,8 @@ def _restore(
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.generator.set_state(state["generator"])
+    if run.ema is not None and state.get("ema") is not None:
+        run.ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng"])  # dropout draws: the continuation is the uninterrupted run
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -343,8 +360,19 @@ def _set_trainable(run: _Run, model: nn.Module, strategy: StrategyConfig, epoch:
         freeze_except(model, run.head_ids if epoch < strategy.head_epochs else everything)
 
 
+def mixup_draw(n: int, alpha: float, gen: torch.Generator) -> tuple[float, torch.Tensor | None]:
+    """Mixup's weight lam ~ Beta(alpha, alpha) and the partner of each sample (a permutation of the
+    batch), both from the run's generator; (1.0, None) when mixup is off or the batch has one sample."""
+    if alpha <= 0 or n < 2:
+        return 1.0, None
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    return lam, torch.randperm(n, generator=gen)
+
+
 def _train_epoch(
     run: _Run,
+    model: nn.Module,
     *,
     desc: str,
     cfg: TrainConfig,
@@ -368,9 +396,14 @@ def _train_epoch(
             xb = xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
         xb = xb.to(device, non_blocking=True)
         yb = run.y_train[idx].to(device, non_blocking=True)
+        lam, partner = mixup_draw(len(idx), cfg.mixup, run.generator)
+        if partner is not None:
+            xb = lam * xb + (1 - lam) * xb[partner.to(device)]
         with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.amp):
             logits = trainer(xb)
             loss = run.loss_fn(logits.float(), yb)
+            if partner is not None:
+                loss = lam * loss + (1 - lam) * run.loss_fn(logits.float(), yb[partner.to(device)])
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         if cfg.grad_clip is not None:
@@ -380,6 +413,8 @@ def _train_epoch(
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update_parameters(model)
         seen += len(idx)
         loss_sum += loss.item() * len(idx)
         correct += int((logits.argmax(1) == yb).sum())
@@ -390,7 +425,7 @@ def _train_epoch(
 
 def _validate(run: _Run, *, n_classes: int, batch_size: int, device: torch.device) -> dict[str, float]:
     """Validation loss, accuracy and macro-F1 of the current weights."""
-    val_logits = predict_logits(run.net, run.inputs_val, batch_size=max(batch_size, 64), device=device)
+    val_logits = predict_logits(run.eval_net(), run.inputs_val, batch_size=max(batch_size, 64), device=device)
     val_loss = float(nn.CrossEntropyLoss()(val_logits, run.y_val)) if len(run.y_val) else float("nan")
     val_metrics = classification_metrics(run.y_val.numpy(), val_logits.argmax(1).numpy(), n_classes)
     return {
@@ -445,7 +480,7 @@ def fit(
         epoch_start = time.perf_counter()
         desc = f"{strategy.name} epoch {epoch + 1}/{cfg.epochs}"
         seen, loss_sum, correct = _train_epoch(
-            run, desc=desc, cfg=cfg, device=device, augment=augment, show=main
+            run, model, desc=desc, cfg=cfg, device=device, augment=augment, show=main
         )
         row = {
             "train_loss": loss_sum / max(seen, 1),
@@ -458,11 +493,12 @@ def fit(
         score = distributed.from_main([row[epoch_metric(cfg.select_metric)]])[0]
         if score > result.best_score:
             result.best_score, result.best_epoch, since_best = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            scored = model if run.ema is None else run.ema.module
+            best_state = copy.deepcopy(scored.state_dict())
             if main:
                 save_checkpoint(
                     best_checkpoint_path(checkpoint),
-                    model=model,
+                    model=scored,
                     epoch=epoch,
                     strategy=strategy.name,
                     score=score,
@@ -480,6 +516,7 @@ def fit(
                 strategy=strategy.name,
                 seed=seed,
                 generator=run.generator.get_state(),
+                ema=run.ema,
                 rng=torch.get_rng_state(),
                 cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 history=result.history,

@@ -59,7 +59,7 @@ def default_space(cfg: JobConfig) -> dict[str, SearchSpec]:
             )
     space["train.weight_decay"] = SearchSpec(log=(1e-5, 1e-1))
     space["model.dropout"] = SearchSpec(float=(0.0, 0.5))
-    if cfg.train.augment.active:
+    if cfg.train.augment.image_active:
         space["train.augment.brightness"] = SearchSpec(float=(0.0, 0.2))
         space["train.augment.contrast"] = SearchSpec(float=(0.0, 0.3))
     return space
