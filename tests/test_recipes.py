@@ -98,9 +98,9 @@ def test_mixup_draws_from_the_runs_generator_and_changes_the_training_loss(tmp_p
 
 def test_ema_is_the_running_average_of_the_weights_and_resumes_with_it(tmp_path):
     """One step an epoch (8 samples, batch 8): the averaged weights in the checkpoint are
-    e_1 = w_1, e_k = d e_(k-1) + (1 - d) w_k of the weights after each step; the model `fit` returns
+    e_1 = w_1, e_k = d_k e_(k-1) + (1 - d_k) w_k of the weights after each step; the model `fit` returns
     is the average at the best epoch; an interrupted run resumes with its average."""
-    decay, common = 0.7, dict(n_classes=2, device=torch.device("cpu"), backbone="mobilenet_v3_small")
+    decay, common = 0.25, dict(n_classes=2, device=torch.device("cpu"), backbone="mobilenet_v3_small")
     steps: list[dict[str, torch.Tensor]] = []
 
     def train(name: str, **kw) -> tuple[torch.nn.Module, object]:
@@ -117,8 +117,9 @@ def test_ema_is_the_running_average_of_the_weights_and_resumes_with_it(tmp_path)
 
     model, straight = train("ema")
     expected = dict(steps[0])
-    for w in steps[1:]:
-        expected = {k: decay * expected[k] + (1 - decay) * w[k] for k in w}
+    for n, w in enumerate(steps[1:], start=1):  # with the warm-up: min(decay, (1 + n) / (10 + n))
+        d = min(decay, (1 + n) / (10 + n))
+        expected = {k: d * expected[k] + (1 - d) * w[k] for k in w}
     saved = torch.load(tmp_path / "ema.pt", weights_only=True)["ema"]
     for k, v in expected.items():
         torch.testing.assert_close(saved[f"module.{k}"], v, rtol=1e-5, atol=1e-6)
