@@ -22,6 +22,10 @@ def test_shipped_config_and_defaults_load():
     ]
     assert [s.pretrained for s in cfg.train.strategies] == [False, True, False, False]
     assert [s.name for s in cfg.train.networks] == ["scratch", "finetune"]
+    # one epoch budget for both networks, each stopped on validation (scratch is not cut short)
+    assert cfg.train.epochs == 15 and cfg.train.early_stopping == 4
+    forda = load_config(ROOT / "configs" / "forda.yaml")
+    assert forda.train.augment.time_shift and forda.train.early_stopping == 5
     assert isinstance(load_config(None), JobConfig)
 
 
