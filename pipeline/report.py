@@ -403,11 +403,13 @@ def best_trial_figures(best: TrialResult) -> dict[str, bytes]:
 
 
 def mean_history(trials: tuple[TrialResult, ...]) -> list[dict[str, float]]:
-    """Per epoch of the first trial, the mean over trials of train loss, val loss and val accuracy."""
+    """Per epoch up to the longest trial, the mean of train loss, val loss and val accuracy over the
+    trials that ran that epoch (early stopping ends seeds at different epochs)."""
     keys = ("train_loss", "val_loss", "val_accuracy")
+    longest = max((len(t.history) for t in trials), default=0)
     return [
-        {k: float(np.mean([t.history[e][k] for t in trials])) for k in keys}
-        for e in range(len(trials[0].history))
+        {k: float(np.mean([t.history[e][k] for t in trials if e < len(t.history)])) for k in keys}
+        for e in range(longest)
     ]
 
 

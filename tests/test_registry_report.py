@@ -9,6 +9,7 @@ import pytest
 from pipeline.errors import UserError
 from pipeline.registry import decide_alias, promote
 from pipeline.report import Aggregate, TrialResult, aggregate, html_report, markdown_report
+from tests.conftest import trial_result
 
 
 def _version(client, name, tags, data_hash, tmp_path):
@@ -174,3 +175,16 @@ def test_an_identical_rerun_does_not_take_champion_but_one_more_correct_sample_d
         assert "251/330" in reg.reason and "252/330" in reg.reason
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_mean_history_spans_seeds_that_early_stopping_ended_at_different_epochs():
+    from pipeline.report import mean_history
+
+    def row(v: float) -> dict[str, float]:
+        return {"train_loss": v, "val_loss": v, "val_accuracy": v}
+
+    short = trial_result("s", 0.5, history=(row(1.0), row(2.0)))
+    long = trial_result("s", 0.5, seed=1, history=(row(3.0), row(4.0), row(5.0)))
+    curve = mean_history((short, long))  # the first seed stopped earlier than the second
+    assert [r["val_accuracy"] for r in curve] == [2.0, 3.0, 5.0]
+    assert mean_history((long, short)) == curve
