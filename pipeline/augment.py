@@ -73,10 +73,10 @@ def _signal_augment(cfg: AugmentConfig) -> Augment:
             widest = int(fraction * size)
             if widest < 1:
                 continue
+            pos = torch.arange(size).unsqueeze(0)
             for _ in range(cfg.masks):
                 width = torch.randint(0, widest + 1, (n,), generator=gen)
                 start = (torch.rand(n, generator=gen) * (size - width + 1)).long()
-                pos = torch.arange(size).unsqueeze(0)
                 hit = (pos >= start.unsqueeze(1)) & (pos < (start + width).unsqueeze(1))  # (n, size)
                 shape = (n, 1, 1, size) if axis == -1 else (n, 1, size, 1)
                 x = x.masked_fill(hit.view(shape), 0.0)

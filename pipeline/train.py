@@ -416,12 +416,13 @@ def _train_epoch(
         yb = run.y_train[idx].to(device, non_blocking=True)
         lam, partner = mixup_draw(len(idx), cfg.mixup, run.generator)
         if partner is not None:
-            xb = lam * xb + (1 - lam) * xb[partner.to(device)]
+            partner = partner.to(device)
+            xb = lam * xb + (1 - lam) * xb[partner]
         with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.amp):
             logits = trainer(xb)
             loss = run.loss_fn(logits.float(), yb)
             if partner is not None:
-                loss = lam * loss + (1 - lam) * run.loss_fn(logits.float(), yb[partner.to(device)])
+                loss = lam * loss + (1 - lam) * run.loss_fn(logits.float(), yb[partner])
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         if cfg.grad_clip is not None:
