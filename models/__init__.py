@@ -8,9 +8,11 @@ Dependency rule: models imports only signal2image (for `UserError`), nothing fro
 from models import efficientnet_lite as _efficientnet_lite  # noqa: F401  (registers its backbones)
 from models import torchvision_zoo as _torchvision_zoo  # noqa: F401  (registers its backbones)
 from models.registry import (
+    BandProfile,
     Preprocessing,
     WeightsNotFoundError,
     adapt_first_conv,
+    add_band_profile,
     build_model,
     explain_layer,
     get_preprocessing,
@@ -24,7 +26,9 @@ from models.registry import (
 __all__ = [
     "Preprocessing",
     "WeightsNotFoundError",
+    "BandProfile",
     "adapt_first_conv",
+    "add_band_profile",
     "build_model",
     "explain_layer",
     "get_preprocessing",

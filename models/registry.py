@@ -12,6 +12,8 @@ from torch import nn
 
 from signal2image.errors import UserError
 
+BAND_PROFILE = "band_profile"  # the module name of `add_band_profile`'s path
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -160,7 +162,8 @@ def layer_groups(model: nn.Module, name: str) -> list[tuple[str, list[nn.Paramet
     groups: dict[str, list[nn.Parameter]] = {}
     group_of = _entry(name).groups
     for pname, param in model.named_parameters():
-        groups.setdefault(group_of(pname), []).append(param)
+        group = "head" if pname.startswith(f"{BAND_PROFILE}.") else group_of(pname)
+        groups.setdefault(group, []).append(param)
     if "head" in groups:  # the head last, whatever order the module registered it in
         groups["head"] = groups.pop("head")
     return list(groups.items())
@@ -195,12 +198,19 @@ def explain_layer(name: str) -> str:
 
 
 def build_model(
-    name: str, *, num_classes: int, pretrained: bool, in_channels: int = 3, **kwargs: Any
+    name: str,
+    *,
+    num_classes: int,
+    pretrained: bool,
+    in_channels: int = 3,
+    band_rows: int | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
     """Backbone `name` with a new head of `num_classes` outputs, from ImageNet weights or random init.
 
     Args:
         in_channels: 3, or 1 for grey inputs (the first convolution adapted by `adapt_first_conv`).
+        band_rows: add the `BandProfile` path for input images of this many rows (None: none).
 
     Raises:
         ValueError: unknown name.
@@ -211,6 +221,47 @@ def build_model(
         adapt_first_conv(model)
     elif in_channels != 3:
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if band_rows is not None:
+        add_band_profile(model, rows=band_rows, num_classes=num_classes)
+    return model
+
+
+class BandProfile(nn.Module):
+    """A linear map from the time-averaged rows of the input image to the logits.
+
+    On a spectrogram or scalogram each row is one frequency band, so a row's mean over the columns
+    (time) is the band's average level: the input of a linear spectrum model. Added to the CNN's
+    logits it gives the network a path a convolution followed by global pooling lacks, the absolute
+    level of each band (wide and deep). Zero at the start: the network begins as the CNN alone.
+    """
+
+    def __init__(self, rows: int, num_classes: int) -> None:
+        super().__init__()
+        self.rows = int(rows)
+        self.linear = nn.Linear(self.rows, num_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[-2] != self.rows:
+            raise ValueError(f"the band profile reads images of {self.rows} rows, got {image.shape[-2]}")
+        return self.linear(image.mean(dim=(1, 3)))
+
+
+def _add_band_logits(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    band = module.get_submodule(BAND_PROFILE)
+    assert isinstance(band, BandProfile)
+    if output.shape[-1] != band.linear.out_features:  # the head replaced by an identity: features, not logits
+        return output
+    return output + band(args[0])
+
+
+def add_band_profile(model: nn.Module, *, rows: int, num_classes: int) -> nn.Module:
+    """Give `model` a `BandProfile` path (parameters ``band_profile.*``, in the ``head`` layer group):
+    a forward hook adds its logits to the model's, so every backbone keeps its own forward and its
+    parameter names, and tracing for ONNX records the sum."""
+    model.add_module(BAND_PROFILE, BandProfile(rows, num_classes))
+    model.register_forward_hook(_add_band_logits)
     return model
 
 

@@ -388,6 +388,13 @@ class ModelConfig(Section):
         ),
     )
     dropout: float = Field(0.2, ge=0, lt=1)
+    band_profile: bool = Field(
+        False,
+        description=(
+            "add a linear path from each row's mean over time (a band's level, for cwt/stft images) "
+            "to the logits, beside the CNN (models.BandProfile)"
+        ),
+    )
     in_channels: Literal[1, 3] = Field(
         3,
         description=(
@@ -838,6 +845,19 @@ class JobConfig(Section):
                     "data.split.by: condition is for signal recordings; "
                     "image jobs split by part or by the manifest's split column"
                 )
+        if self.model.band_profile:
+            if self.transform.kind not in ("cwt", "stft"):
+                raise ValueError(
+                    f"model.band_profile reads the rows of a spectrogram or scalogram as frequency bands, "
+                    f"but transform.kind is {self.transform.kind!r}; use cwt or stft, or set it to false"
+                )
+            probes = [s.name for s in self.train.strategies if s.kind == "linear_probe"]
+            if probes:
+                raise ValueError(
+                    f"model.band_profile: the linear probe {probes[0]!r} trains the head on cached CNN "
+                    "features, which the band path does not see; drop that strategy or set it to false"
+                )
+        if self.data.is_image:
             return self
         if (
             self.model.in_channels == 1
@@ -875,6 +895,15 @@ class JobConfig(Section):
                 f"({length} samples); lower nperseg or raise data.window.length"
             )
         return self
+
+    def architecture(self) -> dict[str, Any]:
+        """What `models.build_model` needs beside the backbone, the classes and the weights to build
+        this job's network (also written to the logged model's ``architecture.json``)."""
+        return {
+            "dropout": self.model.dropout,
+            "in_channels": self.model.in_channels,
+            "band_rows": self.transform.image_size if self.model.band_profile else None,
+        }
 
     def flat_params(self) -> dict[str, str]:
         """The config as dotted keys (`train.epochs`) for experiment tracking."""

@@ -124,8 +124,7 @@ def export_best(
     architecture = {
         "backbone": cfg.model.backbone,
         "num_classes": len(data.classes),
-        "in_channels": cfg.model.in_channels,
-        "dropout": cfg.model.dropout,
+        **cfg.architecture(),
         "classes": list(data.classes),
     }
     log_pytorch_model(model, architecture)
@@ -215,6 +214,7 @@ def load_pytorch_model(source: str, *, tracking_uri: str | None = None) -> torch
         pretrained=False,
         in_channels=int(arch["in_channels"]),
         dropout=float(arch["dropout"]),
+        band_rows=None if arch.get("band_rows") is None else int(arch["band_rows"]),  # absent: none
     )
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -428,9 +428,8 @@ def new_model(cfg: JobConfig, strategy: StrategyConfig, n_classes: int, seed: in
         cfg.model.backbone,
         num_classes=n_classes,
         pretrained=pretrained,
-        dropout=cfg.model.dropout,
-        in_channels=cfg.model.in_channels,
         weights_path=cfg.model.weights_path if pretrained else None,
+        **cfg.architecture(),
     )
 
 
@@ -457,13 +456,7 @@ def finished_trial(
             f"--resume: trial {run.info.run_name!r} finished but its checkpoint {best} is gone; "
             "run the job again without --resume"
         )
-    model = build_model(
-        cfg.model.backbone,
-        num_classes=n_classes,
-        pretrained=False,
-        dropout=cfg.model.dropout,
-        in_channels=cfg.model.in_channels,
-    )
+    model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=False, **cfg.architecture())
     model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
     echo(
         f"  {run.info.run_name:>12s}: finished before the interruption "
