@@ -147,11 +147,39 @@ def fit_baseline(
         balanced: class weights inversely proportional to the class counts (`train.class_weighting`).
         window_norm: z-score each window first (the job's transform does).
     """
+    start = time.perf_counter()
+    features = featurizer(strategy, seed=seed, train=train[0], window_norm=window_norm)
+    return fit_logreg(
+        str(strategy.kind),
+        features,
+        train,
+        val,
+        n_classes=n_classes,
+        seed=seed,
+        select_metric=select_metric,
+        balanced=balanced,
+        start=start,
+    )
+
+
+def fit_logreg(
+    kind: str,
+    features: Callable[[Any], np.ndarray],
+    train: tuple[Any, np.ndarray],
+    val: tuple[Any, np.ndarray],
+    *,
+    n_classes: int,
+    seed: int,
+    select_metric: str = "val_accuracy",
+    balanced: bool = False,
+    start: float | None = None,
+) -> BaselineFit:
+    """The logistic regression of every baseline on `features` of the samples: standardised on
+    `train`, C chosen on `val` (`start`: when the fit began, for its time; default now)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    start = time.perf_counter()
-    features = featurizer(strategy, seed=seed, train=train[0], window_norm=window_norm)
+    start = time.perf_counter() if start is None else start
     x_train, x_val = features(train[0]), features(val[0])
     scaler = StandardScaler().fit(x_train)
     x_train, x_val = scaler.transform(x_train), scaler.transform(x_val)
@@ -179,7 +207,7 @@ def fit_baseline(
         return out
 
     return BaselineFit(
-        kind=str(strategy.kind),
+        kind=kind,
         c=c,
         val_accuracy=scores["accuracy"],
         val_macro_f1=scores["macro_f1"],
