@@ -256,9 +256,9 @@ def _prepare(
 
     x_train, y_train = train
     x_val, y_val = val
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels_last on every device: on CUDA for the tensor cores, on the CPU because oneDNN's
+    # convolutions run a training step 1.8-1.9x faster in it (benchmarks/RESULTS.md).
+    model.to(device).to(memory_format=torch.channels_last)
     head_name = head_path(backbone)
     head_ids = {id(p) for g, ps in layer_groups(model, backbone) if g == "head" for p in ps}
     probe = strategy.kind == "linear_probe"
@@ -410,9 +410,9 @@ def _train_epoch(
             else augment(run.inputs_train[idx], run.generator)
         )
         if device.type == "cuda":  # page-locked host memory: the copy overlaps with compute
-            xb = xb.pin_memory().to(device, non_blocking=True)
-            xb = xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
+            xb = xb.pin_memory()
         xb = xb.to(device, non_blocking=True)
+        xb = xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
         yb = run.y_train[idx].to(device, non_blocking=True)
         lam, partner = mixup_draw(len(idx), cfg.mixup, run.generator)
         if partner is not None:
