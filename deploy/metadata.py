@@ -59,6 +59,7 @@ class ModelInfo:
     run_id: str = ""
     strategy_run_id: str = ""
     data_hash: str = ""
+    tta: str = "none"  # the test-time views the graph averages (models.VIEWS): none, flips or dihedral
 
 
 @dataclass(frozen=True)

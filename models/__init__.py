@@ -1,5 +1,5 @@
 """Backbones (a registry of builders), their pretrained weights, preprocessing, layer groups and
-explanation layers.
+explanation layers, and the test-time view average (`models.views`).
 
 Importing the package registers every backbone (EfficientNet-Lite, torchvision's zoo).
 Dependency rule: models imports only signal2image (for `UserError`), nothing from pipeline or deploy.
@@ -22,6 +22,7 @@ from models.registry import (
     register_backbone,
     replace_module,
 )
+from models.views import VIEWS, ViewAverage, scoring_head, single_view, with_views
 
 __all__ = [
     "Preprocessing",
@@ -37,4 +38,9 @@ __all__ = [
     "list_backbones",
     "register_backbone",
     "replace_module",
+    "VIEWS",
+    "ViewAverage",
+    "scoring_head",
+    "single_view",
+    "with_views",
 ]

@@ -402,6 +402,14 @@ class ModelConfig(Section):
             "1: one channel into a first convolution adapted by summing its RGB filters"
         ),
     )
+    tta: Literal["none", "flips", "dihedral"] = Field(
+        "none",
+        description=(
+            "image jobs: test-time augmentation inside the model (models.ViewAverage): validation, test "
+            "and the exported ONNX graph average the network over the image's 4 flips or the 8 "
+            "symmetries of the square (flips and 90-degree turns); costs that many forward passes"
+        ),
+    )
 
     @field_validator("in_channels", mode="before")
     @classmethod
@@ -875,6 +883,11 @@ class JobConfig(Section):
                 "train.augment flips and turns images; on CWT/STFT inputs it would scramble the time and "
                 "frequency axes: remove train.augment's hflip, vflip, rot90, brightness and contrast for "
                 "signal jobs (time_mask, freq_mask and time_shift are the signal-image augmentations)"
+            )
+        if self.model.tta != "none":
+            raise ValueError(
+                f"model.tta is {self.model.tta!r}, but a flipped or turned signal image is another signal "
+                "(rows are frequencies, columns time): set model.tta: none for signal jobs"
             )
         if self.train.augment.signal_active and self.transform.kind not in ("cwt", "stft"):
             raise ValueError(

@@ -21,7 +21,7 @@ from deploy.metadata import ModelInfo, ModelMetadata
 from deploy.onnx_export import ParityReport, export_with_reference
 from deploy.signal_model import SignalParity, export_signal_model
 from deploy.variants import VariantReport, build_variants
-from models import build_model, head_path
+from models import build_model, scoring_head, single_view
 from pipeline.config import JobConfig
 from pipeline.data import PreparedData
 from pipeline.errors import UserError
@@ -54,6 +54,7 @@ def model_metadata(
             run_id=run_id,
             strategy_run_id=best.run_id,
             data_hash=data_hash,
+            tta=cfg.model.tta,
         ),
         metrics={"test_accuracy": best.test_accuracy, "test_macro_f1": best.test_macro_f1},
     )
@@ -109,7 +110,7 @@ def export_best(
         inputs,
         path,
         metadata=metadata,
-        head=head_path(cfg.model.backbone),
+        head=scoring_head(model, cfg.model.backbone),
         reference_inputs=reference_inputs,
         transform=data.transform,
         window_length=None if data.is_image else (data.window or {}).get("length"),
@@ -126,8 +127,9 @@ def export_best(
         "num_classes": len(data.classes),
         **cfg.architecture(),
         "classes": list(data.classes),
+        "tta": cfg.model.tta,  # the views the ONNX graph averages; the weights are the single-view network
     }
-    log_pytorch_model(model, architecture)
+    log_pytorch_model(single_view(model), architecture)
     return parity
 
 
@@ -174,6 +176,9 @@ def log_pytorch_model(model: torch.nn.Module, architecture: dict[str, Any]) -> N
 
 def load_pytorch_model(source: str, *, tracking_uri: str | None = None) -> torch.nn.Module:
     """The network `log_pytorch_model` logged, rebuilt with `models.build_model` (eval mode).
+
+    It is the single-view network: where ``architecture.json`` names ``tta`` views, the ONNX graph
+    averages it over them (`models.with_views(model, backbone, tta)` rebuilds that).
 
     Args:
         source: a run id, or an artifact URI of the folder (``runs:/RUN_ID/pytorch-model``, or any

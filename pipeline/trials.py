@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import build_model
+from models import build_model, with_views
 from pipeline import distributed
 from pipeline.augment import make_augment
 from pipeline.baselines import check_applicable, fit_baseline
@@ -29,6 +29,7 @@ from pipeline.data import PreparedData, prepare_data, train_subset
 from pipeline.errors import UserError
 from pipeline.evaluate import evaluate_on_test, log_test_evaluation, score_test
 from pipeline.explain import log_job_explanations
+from pipeline.metrics import classification_metrics
 from pipeline.plots import learning_curves_figure, to_png
 from pipeline.report import TrialResult
 from pipeline.robustness import (
@@ -210,19 +211,29 @@ def run_trial(
         )
         if previous is not None:
             log_lost_epochs(run.info.run_id, result.history)
-        test = evaluate_on_test(model, data, device=device)
-        best_row = result.history[result.best_epoch]
-        mlflow.log_metrics(
-            {
-                **test.metrics,
-                "best_val_accuracy": best_row["val_accuracy"],
-                "best_epoch": result.best_epoch,
-                "train_seconds": result.train_seconds,
-            }
-        )
+        # model.tta: the trial is the view average from here on (validation, test, export); the
+        # epoch was chosen on single-view validation, Grad-CAM explains the single-view network.
+        scored = with_views(model, cfg.model.backbone, cfg.model.tta)
+        test = evaluate_on_test(scored, data, device=device)
+        single = result.history[result.best_epoch]
+        val_scores = view_validation(scored, data, device=device) if scored is not model else {}
+        best_row = {**single, **val_scores}
+        metrics = {
+            **test.metrics,
+            "best_val_accuracy": best_row["val_accuracy"],
+            "best_epoch": result.best_epoch,
+            "train_seconds": result.train_seconds,
+        }
+        if val_scores:
+            metrics["best_val_accuracy_single_view"] = single["val_accuracy"]
+            echo(
+                f"  {name:>12s}: {cfg.model.tta} views, val acc {best_row['val_accuracy']:.3f} "
+                f"(single view {single['val_accuracy']:.3f})"
+            )
+        mlflow.log_metrics(metrics)
         log_test_evaluation(test, data.classes, name)
         robust = score_robustness(
-            lambda w, images: torch.softmax(predict_logits(model, images, device=device), 1).numpy(),
+            lambda w, images: torch.softmax(predict_logits(scored, images, device=device), 1).numpy(),
             sets,
             best_row["val_accuracy"],
             name,
@@ -257,7 +268,15 @@ def run_trial(
             history=tuple(result.history),
         )
         mlflow.log_dict({**dataclasses.asdict(trial), "history": list(trial.history)}, "trial.json")
-    return trial, model.cpu()
+    return trial, scored.cpu()
+
+
+def view_validation(model: torch.nn.Module, data: PreparedData, *, device: torch.device) -> dict[str, float]:
+    """Validation accuracy and macro-F1 of `model` (a view average: what the trial is chosen by)."""
+    y = data.windows["val"].y
+    pred = predict_logits(model, data.images["val"], device=device).argmax(1).numpy()
+    scores = classification_metrics(y, pred, len(data.classes))
+    return {"val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
 
 
 BASELINE_WEIGHTS = "baseline"  # the weights column of a baseline's row
@@ -462,7 +481,7 @@ def finished_trial(
         f"  {run.info.run_name:>12s}: finished before the interruption "
         f"(test acc {trial.test_accuracy:.3f}), kept"
     )
-    return trial, model
+    return trial, with_views(model, cfg.model.backbone, cfg.model.tta)
 
 
 def run_worker(cfg: JobConfig) -> None:

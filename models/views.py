@@ -1,0 +1,111 @@
+"""Test-time augmentation: a network that answers for an image by averaging over its flips and turns.
+
+A solar cell or a PCB photographed upside down is the same part, so its class must not change
+under the symmetries of the square. `ViewAverage` runs the wrapped network on every view of each
+input in one batch and averages what reaches the classification head over the views: with a
+linear head (every backbone here) that is exactly the mean of the views' logits, and the
+penultimate features the exported model reports (the drift reference) are the averaged ones.
+The wrapper is plain torch and exports to ONNX as one graph, so the line's model is the model
+that was validated.
+
+Signal images (spectrograms, scalograms) have frequency rows and time columns: a flipped one is
+another signal, and the job's config refuses views for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from models.registry import head_path
+
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _transpose(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-1, -2)
+
+
+# The views of each setting, as functions of an (N, C, H, W) batch; the first is always the image.
+VIEWS: dict[str, tuple[View, ...]] = {
+    "none": (lambda x: x,),
+    "flips": (
+        lambda x: x,
+        lambda x: x.flip(-1),
+        lambda x: x.flip(-2),
+        lambda x: x.flip(-2, -1),
+    ),
+    "dihedral": (  # the eight symmetries of the square: the four flips, and each after a transpose
+        lambda x: x,
+        lambda x: x.flip(-1),
+        lambda x: x.flip(-2),
+        lambda x: x.flip(-2, -1),
+        lambda x: _transpose(x),
+        lambda x: _transpose(x).flip(-1),
+        lambda x: _transpose(x).flip(-2),
+        lambda x: _transpose(x).flip(-2, -1),
+    ),
+}
+
+
+class ViewAverage(nn.Module):
+    """`model` on every view of each input, the head's input averaged over the views.
+
+    Args:
+        model: the trained network (left as it is apart from a forward pre-hook on its head,
+            which acts only inside this wrapper's forward).
+        head: dotted path of the model's classification head (`head_path`); the head must be the
+            last module the model's forward calls, as it is for every registered backbone.
+        views: a key of `VIEWS` other than "none".
+    """
+
+    def __init__(self, model: nn.Module, head: str, views: str) -> None:
+        super().__init__()
+        if views not in VIEWS or views == "none":
+            raise ValueError(f"views must be one of {sorted(set(VIEWS) - {'none'})}, got {views!r}")
+        self.model = model
+        self.views = views
+        self.head = head
+        self._n_views = len(VIEWS[views])
+        self._active = False
+        model.get_submodule(head).register_forward_pre_hook(self._average)
+
+    @property
+    def head_path(self) -> str:
+        """The head inside this wrapper (what `deploy`'s feature output hooks)."""
+        return f"model.{self.head}"
+
+    def _average(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        if not self._active:
+            return None
+        stacked = args[0]
+        per_view = stacked.reshape(self._n_views, -1, *stacked.shape[1:])
+        return (per_view.mean(0), *args[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.views == "dihedral" and x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"dihedral views need square images, got {tuple(x.shape[-2:])}")
+        stacked = torch.cat([view(x) for view in VIEWS[self.views]])
+        self._active = True
+        try:
+            return self.model(stacked)
+        finally:
+            self._active = False
+
+
+def with_views(model: nn.Module, backbone: str, views: str) -> nn.Module:
+    """`model` itself for "none", else the `ViewAverage` of its `views`."""
+    return model if views == "none" else ViewAverage(model, head_path(backbone), views)
+
+
+def single_view(model: nn.Module) -> nn.Module:
+    """The network inside a `ViewAverage` (the model itself otherwise): what Grad-CAM explains and
+    what the logged PyTorch weights hold."""
+    return model.model if isinstance(model, ViewAverage) else model
+
+
+def scoring_head(model: nn.Module, backbone: str) -> str:
+    """Dotted path of the head of `model` as it is scored and exported (inside a `ViewAverage` too)."""
+    return model.head_path if isinstance(model, ViewAverage) else head_path(backbone)

@@ -1,0 +1,121 @@
+"""Test-time augmentation (`model.tta`): the view average, its ONNX graph, and a job that uses it."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from deploy.inferencer import create_session
+from deploy.metadata import ModelMetadata
+from deploy.onnx_export import FeatureProjection, export_onnx
+from models import VIEWS, ViewAverage, build_model, head_path, scoring_head, single_view, with_views
+from pipeline.config import load_config
+from pipeline.data import prepare_data
+from pipeline.errors import ConfigError
+from signal2image import ImageTransform
+from tests.conftest import run_cli, write_config
+from tests.test_images import make_image_folder
+
+BACKBONE = "efficientnet_lite0"
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(BACKBONE, num_classes=3, pretrained=True).eval()  # varied features
+
+
+@pytest.mark.parametrize("views", ["flips", "dihedral"])
+def test_view_average_is_the_mean_of_the_views_logits_and_is_invariant(views):
+    net = _net()
+    x = torch.rand(5, 3, 32, 32)
+    averaged = with_views(net, BACKBONE, views).eval()
+    assert isinstance(averaged, ViewAverage) and single_view(averaged) is net
+    with torch.no_grad():
+        got = averaged(x)
+        expected = torch.stack([net(view(x)) for view in VIEWS[views]]).mean(0)
+        turned = averaged(x.flip(-1) if views == "flips" else x.transpose(-1, -2).flip(-1))
+        plain = net(x)
+    assert got.shape == (5, 3)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(turned, got, atol=1e-5, rtol=1e-4)  # a flipped part is the same part
+    assert not torch.allclose(plain, got, atol=1e-4)  # the views do change the answer of one view
+    assert with_views(net, BACKBONE, "none") is net
+    assert scoring_head(averaged, BACKBONE) == f"model.{head_path(BACKBONE)}"
+    with pytest.raises(ValueError, match="square"):
+        with_views(net, BACKBONE, "dihedral")(torch.rand(2, 3, 32, 40))
+
+
+def test_view_average_exports_as_one_onnx_graph_with_averaged_features(tmp_path):
+    net = _net()
+    averaged = with_views(net, BACKBONE, "dihedral").eval()
+    x = torch.rand(6, 3, 32, 32)
+    dim = net.get_submodule(head_path(BACKBONE)).in_features
+    rng = np.random.default_rng(0)
+    projection = FeatureProjection(
+        scoring_head(averaged, BACKBONE),
+        np.zeros(dim, np.float32),
+        rng.standard_normal((dim, 4)).astype("f4"),
+    )
+    meta = ModelMetadata.for_transform(["a", "b", "c"], ImageTransform(image_size=32), window=None)
+    report = export_onnx(averaged, x, tmp_path / "m.onnx", metadata=meta, features=projection)
+    assert report.same_predictions and report.n_inputs == 6
+    session = create_session(tmp_path / "m.onnx")
+    logits, features = session.run(None, {"input": x.numpy()})
+    flipped, _ = session.run(None, {"input": x.flip(-2).numpy()})
+    assert logits.shape == (6, 3) and features.shape == (6, 4)  # one row per input, not per view
+    np.testing.assert_allclose(flipped, logits, atol=1e-4)
+    caught: list[torch.Tensor] = []
+    hook = net.get_submodule(head_path(BACKBONE)).register_forward_pre_hook(lambda m, a: caught.append(a[0]))
+    with torch.no_grad():
+        for view in VIEWS["dihedral"]:
+            net(view(x))
+    hook.remove()
+    mean_feature = torch.stack(caught).mean(0).numpy()
+    np.testing.assert_allclose(features, mean_feature @ projection.components, atol=1e-3, rtol=1e-3)
+
+
+def test_views_are_refused_for_signal_jobs():
+    with pytest.raises(ConfigError, match=r"model\.tta.*signal"):
+        load_config(None, ["model.tta=flips"])
+    with pytest.raises(ConfigError, match="model.tta"):
+        load_config(None, ["model.tta=sideways"])
+
+
+def test_image_job_with_dihedral_views_selects_and_exports_the_view_average(tmp_path):
+    root = make_image_folder(tmp_path / "imgs")
+    job = {
+        "name": "parts",
+        "data": {
+            "source": "images",
+            "images": {"path": str(root)},
+            "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+        },
+        "transform": {"kind": "image", "image_size": 32, "policy": "resize"},
+        "model": {"tta": "dihedral"},
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "num_threads": 2,
+            "explain": False,
+            "strategies": [{"name": "finetune", "lr": 0.001}],
+        },
+        "tracking": {"experiment": "parts", "registered_model": "parts-defect"},
+    }
+    cfg_path = write_config(tmp_path / "parts.yaml", job)
+    proc = run_cli("run", str(cfg_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dihedral views, val acc" in proc.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("parts").experiment_id])
+    child = next(r for r in runs if r.data.tags.get("strategy") == "finetune")
+    assert {"best_val_accuracy", "best_val_accuracy_single_view"} <= set(child.data.metrics)
+    (onnx_path,) = (tmp_path / "artifacts" / "parts").glob("*/model.onnx")
+    assert ModelMetadata.from_onnx(onnx_path).model.tta == "dihedral"
+    data = prepare_data(load_config(cfg_path), echo=lambda s: None)
+    x = data.images["test"].numpy()
+    session = create_session(onnx_path)
+    logits = session.run(["logits"], {"input": x})[0]
+    turned = session.run(["logits"], {"input": np.ascontiguousarray(np.rot90(x, 1, axes=(2, 3)))})[0]
+    np.testing.assert_allclose(turned, logits, atol=1e-4)  # the line's graph is the view average
