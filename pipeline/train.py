@@ -257,7 +257,7 @@ def _prepare(
     x_train, y_train = train
     x_val, y_val = val
     # channels_last on every device: on CUDA for the tensor cores, on the CPU because oneDNN's
-    # convolutions run a training step 1.8-1.9x faster in it (benchmarks/RESULTS.md).
+    # convolutions run a Lite0 training step 1.5-1.7x faster in it (benchmarks/RESULTS.md).
     model.to(device).to(memory_format=torch.channels_last)
     head_name = head_path(backbone)
     head_ids = {id(p) for g, ps in layer_groups(model, backbone) if g == "head" for p in ps}
