@@ -60,6 +60,9 @@ class ModelInfo:
     strategy_run_id: str = ""
     data_hash: str = ""
     tta: str = "none"  # the test-time views the graph averages (models.VIEWS): none, flips or dihedral
+    operating_point: str = (
+        ""  # train.operating_point, when the graph adds a class offset chosen on validation
+    )
 
 
 @dataclass(frozen=True)

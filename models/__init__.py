@@ -22,7 +22,7 @@ from models.registry import (
     register_backbone,
     replace_module,
 )
-from models.views import VIEWS, ViewAverage, scoring_head, single_view, with_views
+from models.views import VIEWS, ClassOffset, ViewAverage, scoring_head, single_view, with_views
 
 __all__ = [
     "Preprocessing",
@@ -39,6 +39,7 @@ __all__ = [
     "register_backbone",
     "replace_module",
     "VIEWS",
+    "ClassOffset",
     "ViewAverage",
     "scoring_head",
     "single_view",

@@ -1,4 +1,7 @@
-"""Test-time augmentation: a network that answers for an image by averaging over its flips and turns.
+"""What the exported model adds around the trained network: the test-time view average
+(`ViewAverage`) and the operating point's class offset (`ClassOffset`).
+
+Test-time augmentation: a network that answers for an image by averaging over its flips and turns.
 
 A solar cell or a PCB photographed upside down is the same part, so its class must not change
 under the symmetries of the square. `ViewAverage` runs the wrapped network on every view of each
@@ -72,11 +75,6 @@ class ViewAverage(nn.Module):
         self._active = False
         model.get_submodule(head).register_forward_pre_hook(self._average)
 
-    @property
-    def head_path(self) -> str:
-        """The head inside this wrapper (what `deploy`'s feature output hooks)."""
-        return f"model.{self.head}"
-
     def _average(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
         if not self._active:
             return None
@@ -95,17 +93,44 @@ class ViewAverage(nn.Module):
             self._active = False
 
 
+class ClassOffset(nn.Module):
+    """`model`'s logits plus a constant per class: an operating point moved into the graph.
+
+    Adding `offsets[c]` to class c's logit is the same as lowering the probability a sample needs
+    to be called c (a binary threshold t is the offset log((1 - t) / t));
+    `pipeline.operating_point.choose_offset` picks it on validation for a required recall of one class.
+    """
+
+    def __init__(self, model: nn.Module, offsets: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("offsets", torch.as_tensor(offsets, dtype=torch.float32).flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offsets: torch.Tensor = self.get_buffer("offsets")
+        return self.model(x) + offsets
+
+
+def _wrappers(model: nn.Module) -> tuple[nn.Module, str]:
+    """The network inside any `ViewAverage`/`ClassOffset` layers, and the dotted prefix to reach it."""
+    prefix = ""
+    while isinstance(model, ViewAverage | ClassOffset):
+        model, prefix = model.model, prefix + "model."
+    return model, prefix
+
+
 def with_views(model: nn.Module, backbone: str, views: str) -> nn.Module:
     """`model` itself for "none", else the `ViewAverage` of its `views`."""
     return model if views == "none" else ViewAverage(model, head_path(backbone), views)
 
 
 def single_view(model: nn.Module) -> nn.Module:
-    """The network inside a `ViewAverage` (the model itself otherwise): what Grad-CAM explains and
-    what the logged PyTorch weights hold."""
-    return model.model if isinstance(model, ViewAverage) else model
+    """The trained network inside the view average and class offset (the model itself without them):
+    what Grad-CAM explains and what the logged PyTorch weights hold."""
+    return _wrappers(model)[0]
 
 
 def scoring_head(model: nn.Module, backbone: str) -> str:
-    """Dotted path of the head of `model` as it is scored and exported (inside a `ViewAverage` too)."""
-    return model.head_path if isinstance(model, ViewAverage) else head_path(backbone)
+    """Dotted path of the classification head of `model` as it is scored and exported (inside its
+    view average and class offset too): the hook point of the exported ``features`` output."""
+    return _wrappers(model)[1] + head_path(backbone)

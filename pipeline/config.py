@@ -541,6 +541,14 @@ class AugmentConfig(Section):
         return self.image_active or self.signal_active
 
 
+class OperatingPointConfig(Section):
+    """A required recall of one class, met on validation by an offset on its logit (in the exported
+    graph): `{label: defective, recall: 0.8}`. See `pipeline/operating_point.py`."""
+
+    label: str = Field(min_length=1, description="the class whose recall is required (a class name)")
+    recall: float = Field(gt=0, le=1, description="the recall of that class the validation split must reach")
+
+
 class TrainConfig(Section):
     """The optimisation shared by every strategy, the seeds and train fractions to sweep, and the
     strategies themselves."""
@@ -605,6 +613,13 @@ class TrainConfig(Section):
         "none", description="imbalance: class-weighted loss, or a sampler drawing classes equally often"
     )
     augment: AugmentConfig = AugmentConfig()
+    operating_point: OperatingPointConfig | None = Field(
+        None,
+        description=(
+            "networks: the validation split chooses an offset on one class's logit so that its recall "
+            "reaches the target (the best validation accuracy among such offsets); baselines keep argmax"
+        ),
+    )
     explain: bool = Field(
         True,
         description=(

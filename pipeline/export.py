@@ -55,8 +55,19 @@ def model_metadata(
             strategy_run_id=best.run_id,
             data_hash=data_hash,
             tta=cfg.model.tta,
+            operating_point=operating_point_label(cfg, best),
         ),
         metrics={"test_accuracy": best.test_accuracy, "test_macro_f1": best.test_macro_f1},
+    )
+
+
+def operating_point_label(cfg: JobConfig, best: TrialResult) -> str:
+    """How the exported graph decides, in words ("" for plain argmax)."""
+    point = cfg.train.operating_point
+    if point is None:
+        return ""
+    return (
+        f"recall of {point.label!r} >= {point.recall:g} on validation: logit offset {best.class_offset:+.4f}"
     )
 
 

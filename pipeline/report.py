@@ -40,6 +40,7 @@ class TrialResult:
     test_total: int = 0
     baseline: bool = False  # a classical baseline (pipeline/baselines.py): compared, never exported
     val_robust: float = 0.0  # mean of clean and perturbed validation accuracy (pipeline/robustness.py)
+    class_offset: float = 0.0  # train.operating_point: the offset on that class's logit (0: argmax)
     robust_test: Mapping[str, float] = field(default_factory=dict, repr=False, compare=False)
     history: tuple[Mapping[str, float], ...] = field(default=(), repr=False, compare=False)
 

@@ -30,6 +30,7 @@ from pipeline.errors import UserError
 from pipeline.evaluate import evaluate_on_test, log_test_evaluation, score_test
 from pipeline.explain import log_job_explanations
 from pipeline.metrics import classification_metrics
+from pipeline.operating_point import choose_offset
 from pipeline.plots import learning_curves_figure, to_png
 from pipeline.report import TrialResult
 from pipeline.robustness import (
@@ -89,6 +90,12 @@ def run_trials(
     best, best_model = None, None
     for strategy in cfg.train.strategies:
         check_applicable(strategy, is_image=data.is_image)
+    point = cfg.train.operating_point
+    if point is not None and point.label not in data.classes:
+        raise UserError(
+            f"train.operating_point.label {point.label!r} is not a class of this data; "
+            f"use one of {list(data.classes)}"
+        )
     sets = None
     if cfg.train.robustness and not data.is_image:
         sets = perturbed_splits(data)
@@ -161,7 +168,7 @@ def run_trial(
     subset = train_subset(data.windows["train"], fraction, seed)
     checkpoint = checkpoint_dir / f"{name}.pt"
     if previous is not None and previous.info.status == "FINISHED":
-        return finished_trial(cfg, previous, checkpoint, n_classes, echo)
+        return finished_trial(cfg, previous, checkpoint, data, echo)
     tags = {
         "strategy": strategy.name,
         "weights": weights,
@@ -211,12 +218,9 @@ def run_trial(
         )
         if previous is not None:
             log_lost_epochs(run.info.run_id, result.history)
-        # model.tta: the trial is the view average from here on (validation, test, export); the
-        # epoch was chosen on single-view validation, Grad-CAM explains the single-view network.
-        scored = with_views(model, cfg.model.backbone, cfg.model.tta)
+        scored, val_scores, offset = finish_model(cfg, model, data, device=device, name=name, echo=echo)
         test = evaluate_on_test(scored, data, device=device)
         single = result.history[result.best_epoch]
-        val_scores = view_validation(scored, data, device=device) if scored is not model else {}
         best_row = {**single, **val_scores}
         metrics = {
             **test.metrics,
@@ -224,12 +228,10 @@ def run_trial(
             "best_epoch": result.best_epoch,
             "train_seconds": result.train_seconds,
         }
-        if val_scores:
-            metrics["best_val_accuracy_single_view"] = single["val_accuracy"]
-            echo(
-                f"  {name:>12s}: {cfg.model.tta} views, val acc {best_row['val_accuracy']:.3f} "
-                f"(single view {single['val_accuracy']:.3f})"
-            )
+        if val_scores:  # what chose the epoch: one view, argmax
+            metrics["best_val_accuracy_epoch"] = single["val_accuracy"]
+        if cfg.train.operating_point is not None:
+            metrics["class_offset"] = offset
         mlflow.log_metrics(metrics)
         log_test_evaluation(test, data.classes, name)
         robust = score_robustness(
@@ -265,14 +267,53 @@ def run_trial(
             test_total=test.total,
             val_robust=robust[0],
             robust_test=robust[1],
+            class_offset=offset,
             history=tuple(result.history),
         )
         mlflow.log_dict({**dataclasses.asdict(trial), "history": list(trial.history)}, "trial.json")
     return trial, scored.cpu()
 
 
-def view_validation(model: torch.nn.Module, data: PreparedData, *, device: torch.device) -> dict[str, float]:
-    """Validation accuracy and macro-F1 of `model` (a view average: what the trial is chosen by)."""
+def finish_model(
+    cfg: JobConfig,
+    model: torch.nn.Module,
+    data: PreparedData,
+    *,
+    device: torch.device,
+    name: str,
+    echo: Callable[[str], None],
+    offset: float | None = None,
+) -> tuple[torch.nn.Module, dict[str, float], float]:
+    """The trained network as the trial is scored and exported: inside the view average of
+    `model.tta` and the class offset of `train.operating_point` (chosen here on validation, or the
+    given `offset` of a finished trial). Returns that model, its validation accuracy and macro-F1
+    (empty with neither option: the per-epoch validation stands) and the offset (0 without one).
+
+    The epoch was chosen before, on single-view argmax validation; Grad-CAM explains `model` itself.
+    """
+    from models import ClassOffset
+
+    scored = with_views(model, cfg.model.backbone, cfg.model.tta)
+    point = cfg.train.operating_point
+    if point is None:
+        return scored, (view_scores(scored, data, device) if scored is not model else {}), 0.0
+    index = data.classes.index(point.label)
+    if offset is None:
+        logits = predict_logits(scored, data.images["val"], device=device).numpy()
+        chosen = choose_offset(logits, data.windows["val"].y, index, point.recall)
+        offset = chosen.offset
+        echo(
+            f"  {name:>12s}: recall of {point.label!r} {chosen.val_recall:.3f} (>= {point.recall:g}) on "
+            f"validation with logit offset {offset:+.3f}, val acc {chosen.val_accuracy:.3f}"
+        )
+    offsets = torch.zeros(len(data.classes))
+    offsets[index] = offset
+    scored = ClassOffset(scored, offsets).to(device)
+    return scored, view_scores(scored, data, device), offset
+
+
+def view_scores(model: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
+    """Validation accuracy and macro-F1 of `model` as it is exported (what the trial is chosen by)."""
     y = data.windows["val"].y
     pred = predict_logits(model, data.images["val"], device=device).argmax(1).numpy()
     scores = classification_metrics(y, pred, len(data.classes))
@@ -462,7 +503,7 @@ def trial_data(
 
 
 def finished_trial(
-    cfg: JobConfig, run: Any, checkpoint: Path, n_classes: int, echo: Callable[[str], None]
+    cfg: JobConfig, run: Any, checkpoint: Path, data: PreparedData, echo: Callable[[str], None]
 ) -> tuple[TrialResult, torch.nn.Module]:
     """A trial that finished before the interruption: its result from the run, its best weights from disk."""
     import mlflow
@@ -475,13 +516,24 @@ def finished_trial(
             f"--resume: trial {run.info.run_name!r} finished but its checkpoint {best} is gone; "
             "run the job again without --resume"
         )
-    model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=False, **cfg.architecture())
+    model = build_model(
+        cfg.model.backbone, num_classes=len(data.classes), pretrained=False, **cfg.architecture()
+    )
     model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
     echo(
         f"  {run.info.run_name:>12s}: finished before the interruption "
         f"(test acc {trial.test_accuracy:.3f}), kept"
     )
-    return trial, with_views(model, cfg.model.backbone, cfg.model.tta)
+    scored, _, _ = finish_model(
+        cfg,
+        model,
+        data,
+        device=torch.device("cpu"),
+        name=run.info.run_name,
+        echo=echo,
+        offset=trial.class_offset,
+    )
+    return trial, scored
 
 
 def run_worker(cfg: JobConfig) -> None:

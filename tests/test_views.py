@@ -1,4 +1,5 @@
-"""Test-time augmentation (`model.tta`): the view average, its ONNX graph, and a job that uses it."""
+"""Test-time augmentation (`model.tta`) and the operating point (`train.operating_point`): the view
+average, the class offset chosen on validation, their ONNX graph, and a job that uses both."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from models import VIEWS, ViewAverage, build_model, head_path, scoring_head, sin
 from pipeline.config import load_config
 from pipeline.data import prepare_data
 from pipeline.errors import ConfigError
+from pipeline.operating_point import choose_offset, predict_with_offset
 from signal2image import ImageTransform
 from tests.conftest import run_cli, write_config
 from tests.test_images import make_image_folder
@@ -95,6 +97,7 @@ def test_image_job_with_dihedral_views_selects_and_exports_the_view_average(tmp_
         "transform": {"kind": "image", "image_size": 32, "policy": "resize"},
         "model": {"tta": "dihedral"},
         "train": {
+            "operating_point": {"label": "blob", "recall": 1.0},
             "epochs": 1,
             "batch_size": 8,
             "num_threads": 2,
@@ -106,16 +109,44 @@ def test_image_job_with_dihedral_views_selects_and_exports_the_view_average(tmp_
     cfg_path = write_config(tmp_path / "parts.yaml", job)
     proc = run_cli("run", str(cfg_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "dihedral views, val acc" in proc.stdout
+    assert "recall of 'blob'" in proc.stdout
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("parts").experiment_id])
     child = next(r for r in runs if r.data.tags.get("strategy") == "finetune")
-    assert {"best_val_accuracy", "best_val_accuracy_single_view"} <= set(child.data.metrics)
+    assert {"best_val_accuracy", "best_val_accuracy_epoch", "class_offset"} <= set(child.data.metrics)
     (onnx_path,) = (tmp_path / "artifacts" / "parts").glob("*/model.onnx")
-    assert ModelMetadata.from_onnx(onnx_path).model.tta == "dihedral"
+    info = ModelMetadata.from_onnx(onnx_path).model
+    assert info.tta == "dihedral" and info.operating_point.startswith("recall of 'blob' >= 1 on validation")
     data = prepare_data(load_config(cfg_path), echo=lambda s: None)
     x = data.images["test"].numpy()
     session = create_session(onnx_path)
     logits = session.run(["logits"], {"input": x})[0]
     turned = session.run(["logits"], {"input": np.ascontiguousarray(np.rot90(x, 1, axes=(2, 3)))})[0]
     np.testing.assert_allclose(turned, logits, atol=1e-4)  # the line's graph is the view average
+    blob = data.classes.index("blob")
+    val_pred = session.run(["logits"], {"input": data.images["val"].numpy()})[0].argmax(1)
+    assert np.all(val_pred[data.windows["val"].y == blob] == blob)  # the offset is in the graph
+    job["train"]["operating_point"]["label"] = "dent"
+    bad = run_cli("run", str(write_config(tmp_path / "bad.yaml", job)), cwd=tmp_path)
+    assert bad.returncode == 2 and "train.operating_point.label 'dent'" in bad.stderr and "blob" in bad.stderr
+
+
+def test_choose_offset_meets_the_recall_with_the_best_accuracy():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    logits = np.stack([np.zeros(400), 1.5 * (y - 0.5) + rng.normal(0, 1, 400) - 0.8], 1)  # class 1 shy
+    plain_recall = np.mean(logits[y == 1].argmax(1) == 1)
+    point = choose_offset(logits, y, 1, 0.9)
+    pred = predict_with_offset(logits, 1, point.offset)
+    assert plain_recall < 0.9 <= point.val_recall == np.mean(pred[y == 1] == 1)
+    assert point.offset > 0 and point.val_accuracy == np.mean(pred == y)
+    for offset in np.linspace(-3, 3, 121):  # no offset reaching the recall is more accurate
+        other = predict_with_offset(logits, 1, offset)
+        if np.mean(other[y == 1] == 1) >= 0.9:
+            assert np.mean(other == y) <= point.val_accuracy + 1e-12
+    easy = choose_offset(np.stack([np.zeros(4), [-1.0, -2.0, 1.0, 2.0]], 1), np.array([0, 0, 1, 1]), 1, 0.5)
+    assert easy.offset == 0.0 and easy.val_accuracy == 1.0  # already met and perfect: left at 0
+    with pytest.raises(ValueError, match="no validation sample"):
+        choose_offset(logits, np.zeros(400, int), 1, 0.5)
+    with pytest.raises(ConfigError, match="recall"):
+        load_config(None, ["train.operating_point={label: fault, recall: 0}"])
