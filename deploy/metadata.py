@@ -60,9 +60,10 @@ class ModelInfo:
     strategy_run_id: str = ""
     data_hash: str = ""
     tta: str = "none"  # the test-time views the graph averages (models.VIEWS): none, flips or dihedral
-    operating_point: str = (
-        ""  # train.operating_point, when the graph adds a class offset chosen on validation
-    )
+    # train.operating_point in words, when the graph adds a class offset chosen on validation ("": none),
+    # and what it adds to the logits, one per class ((): none).
+    operating_point: str = ""
+    class_offsets: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

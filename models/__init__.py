@@ -22,7 +22,16 @@ from models.registry import (
     register_backbone,
     replace_module,
 )
-from models.views import VIEWS, ClassOffset, ViewAverage, scoring_head, single_view, with_views
+from models.views import (
+    VIEWS,
+    ClassOffset,
+    ViewAverage,
+    decision_model,
+    scoring_head,
+    single_view,
+    view_count,
+    with_views,
+)
 
 __all__ = [
     "Preprocessing",
@@ -41,7 +50,9 @@ __all__ = [
     "VIEWS",
     "ClassOffset",
     "ViewAverage",
+    "decision_model",
     "scoring_head",
     "single_view",
+    "view_count",
     "with_views",
 ]

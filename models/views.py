@@ -17,12 +17,12 @@ another signal, and the job's config refuses views for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from models.registry import head_path
+from models.registry import BandProfile, head_path
 
 View = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,6 +68,8 @@ class ViewAverage(nn.Module):
         super().__init__()
         if views not in VIEWS or views == "none":
             raise ValueError(f"views must be one of {sorted(set(VIEWS) - {'none'})}, got {views!r}")
+        if any(isinstance(m, BandProfile) for m in model.modules()):
+            raise ValueError("the band-profile path adds logits after the head: it cannot average views")
         self.model = model
         self.views = views
         self.head = head
@@ -122,6 +124,25 @@ def _wrappers(model: nn.Module) -> tuple[nn.Module, str]:
 def with_views(model: nn.Module, backbone: str, views: str) -> nn.Module:
     """`model` itself for "none", else the `ViewAverage` of its `views`."""
     return model if views == "none" else ViewAverage(model, head_path(backbone), views)
+
+
+def decision_model(
+    model: nn.Module, backbone: str, views: str = "none", offsets: Sequence[float] = ()
+) -> nn.Module:
+    """`model` as the exported graph decides: inside the view average of `views`, then, when
+    `offsets` (one per class) are given, the `ClassOffset` that adds them to the logits."""
+    wrapped = with_views(model, backbone, views)
+    if len(offsets):
+        wrapped = ClassOffset(wrapped, torch.tensor([float(v) for v in offsets]))
+    return wrapped
+
+
+def view_count(model: nn.Module) -> int:
+    """How many forward passes of the network one input of `model` costs (1 without a view average):
+    callers divide their batch by it to keep the memory of a batch."""
+    while isinstance(model, ClassOffset):
+        model = model.model
+    return len(VIEWS[model.views]) if isinstance(model, ViewAverage) else 1
 
 
 def single_view(model: nn.Module) -> nn.Module:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import explain_layer
+from models import decision_model, explain_layer
 from pipeline.errors import UserError
 
 METHODS = ("gradcam", "ig")
@@ -502,12 +502,18 @@ def log_job_explanations(
 
 @dataclass(frozen=True)
 class ExplainModel:
-    """The PyTorch network behind a model URI, with what feeds it."""
+    """The PyTorch network behind a model URI, with what feeds it.
+
+    `network` is the single-view network Grad-CAM explains; `decision` the model as the exported
+    graph decides (its test-time views and class offset, `models.decision_model`; None: `network`),
+    which names the predicted class.
+    """
 
     network: nn.Module
     backbone: str
     metadata: Any  # deploy.metadata.ModelMetadata
     run_id: str
+    decision: nn.Module | None = None
 
 
 ONNX_REFUSAL = (
@@ -563,7 +569,8 @@ def resolve_model(source: str, *, tracking_uri: str | None = None) -> ExplainMod
     except UserError as exc:
         raise UserError(f"--model {source!r}: {exc}; {hint}") from None
     backbone = metadata.model.backbone or _logged_backbone(run_id)
-    return ExplainModel(network, backbone, metadata, run_id)
+    decision = decision_model(network, backbone, metadata.model.tta or "none", metadata.model.class_offsets)
+    return ExplainModel(network, backbone, metadata, run_id, decision.eval())
 
 
 def _version_run_id(client: Any, uri: str) -> str:
@@ -690,13 +697,14 @@ def explain_files(
     axes = image_axes(transform, meta.window_length)
     baseline = floor_baseline(transform.mean, transform.std, int(transform.channels))
     net = model.network.eval()
+    decide = (model.decision or net).eval()
     out.mkdir(parents=True, exist_ok=True)
     results: list[FileExplanation] = []
     used: set[str] = set()
     for file in files:
         inputs = file_inputs(file, meta, transform, fs=fs, max_windows=max_windows)
         with torch.no_grad():
-            probs = torch.softmax(net(inputs), dim=1).mean(dim=0).numpy()
+            probs = torch.softmax(decide(inputs), dim=1).mean(dim=0).numpy()
         label = classes[int(probs.argmax())]
         chosen = target or label
         attr = attribute(

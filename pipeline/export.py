@@ -25,6 +25,7 @@ from models import build_model, scoring_head, single_view
 from pipeline.config import JobConfig
 from pipeline.data import PreparedData
 from pipeline.errors import UserError
+from pipeline.operating_point import class_offsets
 from pipeline.report import TrialResult
 
 
@@ -56,6 +57,7 @@ def model_metadata(
             data_hash=data_hash,
             tta=cfg.model.tta,
             operating_point=operating_point_label(cfg, best),
+            class_offsets=tuple(exported_offsets(cfg, data, best)),
         ),
         metrics={"test_accuracy": best.test_accuracy, "test_macro_f1": best.test_macro_f1},
     )
@@ -69,6 +71,14 @@ def operating_point_label(cfg: JobConfig, best: TrialResult) -> str:
     return (
         f"recall of {point.label!r} >= {point.recall:g} on validation: logit offset {best.class_offset:+.4f}"
     )
+
+
+def exported_offsets(cfg: JobConfig, data: PreparedData, best: TrialResult) -> list[float]:
+    """The per-class logit offsets the exported graph adds ([] without `train.operating_point`)."""
+    point = cfg.train.operating_point
+    if point is None:
+        return []
+    return class_offsets(len(data.classes), data.classes.index(point.label), best.class_offset)
 
 
 def drift_inputs(
@@ -138,7 +148,9 @@ def export_best(
         "num_classes": len(data.classes),
         **cfg.architecture(),
         "classes": list(data.classes),
-        "tta": cfg.model.tta,  # the views the ONNX graph averages; the weights are the single-view network
+        # What the ONNX graph adds around these single-view weights (models.decision_model rebuilds it).
+        "tta": cfg.model.tta,
+        "class_offsets": list(metadata.model.class_offsets),
     }
     log_pytorch_model(single_view(model), architecture)
     return parity
@@ -188,8 +200,9 @@ def log_pytorch_model(model: torch.nn.Module, architecture: dict[str, Any]) -> N
 def load_pytorch_model(source: str, *, tracking_uri: str | None = None) -> torch.nn.Module:
     """The network `log_pytorch_model` logged, rebuilt with `models.build_model` (eval mode).
 
-    It is the single-view network: where ``architecture.json`` names ``tta`` views, the ONNX graph
-    averages it over them (`models.with_views(model, backbone, tta)` rebuilds that).
+    It is the single-view network: where ``architecture.json`` names ``tta`` views or
+    ``class_offsets``, the ONNX graph averages it over the views and adds the offsets
+    (`models.decision_model(model, backbone, tta, class_offsets)` rebuilds that).
 
     Args:
         source: a run id, or an artifact URI of the folder (``runs:/RUN_ID/pytorch-model``, or any

@@ -22,8 +22,9 @@ from pipeline.data import PreparedData, examples, prepare_data
 from pipeline.errors import UserError
 from pipeline.export import check_variants, export_best, export_signal, model_metadata
 from pipeline.ingest.split import SPLIT_NAMES
+from pipeline.operating_point import decision_rule
 from pipeline.plots import to_png
-from pipeline.registry import Registration, next_version, register_best, register_variants
+from pipeline.registry import DECISION_TAG, Registration, next_version, register_best, register_variants
 from pipeline.report import Aggregate, TrialResult, aggregate, log_comparison
 from pipeline.resume import ResumePoint, resume_point
 from pipeline.tracking import (
@@ -143,7 +144,13 @@ def run_job(
             cfg,
             onnx_path,
             data,
-            tags={"data_hash": data_hash, "job": cfg.name, "run_id": parent_id, "strategy": best.strategy},
+            tags={
+                "data_hash": data_hash,
+                "job": cfg.name,
+                "run_id": parent_id,
+                "strategy": best.strategy,
+                DECISION_TAG: decision_rule(cfg.train.operating_point),
+            },
             echo=echo,
         )
     return JobResult(

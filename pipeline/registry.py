@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
+from pipeline.operating_point import ARGMAX, decision_rule
 
 if TYPE_CHECKING:
     from deploy.variants import VariantReport
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from pipeline.report import TrialResult
 
 CHALLENGER = "challenger"
+DECISION_TAG = "decision"  # how the version decides: argmax or a required recall (decide_alias)
 COMPARE_METRIC = "test_accuracy"  # for display; the counts below decide
 CORRECT_TAG = "test_correct"
 TOTAL_TAG = "test_total"
@@ -57,14 +59,23 @@ def held_counts(tags: dict[str, str], total: int) -> tuple[int, int] | None:
 
 
 def decide_alias(
-    client: Any, name: str, version: str, correct: int, total: int, data_hash: str, alias: str
+    client: Any,
+    name: str,
+    version: str,
+    correct: int,
+    total: int,
+    data_hash: str,
+    alias: str,
+    decision: str = ARGMAX,
 ) -> tuple[str, str]:
     """`alias` when `version` classifies strictly more test samples correctly than the version holding
     it on the same test data, else `challenger`.
 
     Counts of correct samples are compared, not rounded accuracies, so an identical re-run never wins.
     Versions tested on other data (another data hash, another test size, or no usable score) are not
-    comparable: the new one becomes the challenger and a person decides (`pipeline models promote`).
+    comparable, nor are versions that decide by another rule (`decision`: argmax, or a required
+    recall of one class, `pipeline.operating_point.decision_rule`; a version without the tag decides by
+    argmax): the new one becomes the challenger and a person decides (`pipeline models promote`).
     """
     from mlflow.exceptions import MlflowException
 
@@ -82,6 +93,12 @@ def decide_alias(
             + (f", {held[1]} vs {total} test samples" if held and held[1] != total else "")
             + (", no test score" if held is None else "")
             + "); promote by hand if it should replace it"
+        )
+    held_rule = current.tags.get(DECISION_TAG, ARGMAX)
+    if held_rule != decision:
+        return CHALLENGER, (
+            f"'{alias}' (version {current.version}) decides by {held_rule}, this version by {decision}: "
+            "their counts of correct test samples are not comparable; promote by hand if it should replace it"
         )
     mine = f"{correct}/{total} correct test samples ({correct / total:.4f})"
     theirs = f"version {current.version}'s {held[0]}/{total}"
@@ -151,7 +168,9 @@ def register_onnx(
     scores = {CORRECT_TAG: str(correct), TOTAL_TAG: str(total), COMPARE_METRIC: f"{correct / total:.6f}"}
     for key, value in {**tags, **scores}.items():
         client.set_model_version_tag(name, version, key, value)
-    chosen, reason = decide_alias(client, name, version, correct, total, tags["data_hash"], alias)
+    chosen, reason = decide_alias(
+        client, name, version, correct, total, tags["data_hash"], alias, tags.get(DECISION_TAG, ARGMAX)
+    )
     client.set_registered_model_alias(name, chosen, version)
     return Registration(name, version, chosen, reason)
 
@@ -247,6 +266,8 @@ def register_best(
             "data_hash": data_hash,
             "job": cfg.name,
             "run_id": run_id,
+            DECISION_TAG: decision_rule(cfg.train.operating_point),
+            "tta": cfg.model.tta,
         },
     )
 

@@ -79,8 +79,13 @@ def epoch_metric(select_metric: str) -> str:
 def predict_logits(
     model: nn.Module, x: torch.Tensor, *, batch_size: int = 128, device: torch.device = torch.device("cpu")
 ) -> torch.Tensor:
-    """(N, classes) float32 logits on the CPU, in input order; leaves `model` in eval mode."""
+    """(N, classes) float32 logits on the CPU, in input order; leaves `model` in eval mode.
+
+    A view average (`model.tta`) runs each input several times: the batch shrinks to match."""
+    from models import view_count
+
     model.eval()
+    batch_size = max(1, batch_size // view_count(model))
     outs = [model(x[idx].to(device, non_blocking=True)).float().cpu() for idx in batches(len(x), batch_size)]
     return torch.cat(outs) if outs else torch.zeros((0, 0))
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import build_model, with_views
+from models import build_model, decision_model, with_views
 from pipeline import distributed
 from pipeline.augment import make_augment
 from pipeline.baselines import check_applicable, fit_baseline
@@ -30,7 +30,7 @@ from pipeline.errors import UserError
 from pipeline.evaluate import evaluate_on_test, log_test_evaluation, score_test
 from pipeline.explain import log_job_explanations
 from pipeline.metrics import classification_metrics
-from pipeline.operating_point import choose_offset
+from pipeline.operating_point import choose_offset, class_offsets
 from pipeline.plots import learning_curves_figure, to_png
 from pipeline.report import TrialResult
 from pipeline.robustness import (
@@ -95,6 +95,11 @@ def run_trials(
         raise UserError(
             f"train.operating_point.label {point.label!r} is not a class of this data; "
             f"use one of {list(data.classes)}"
+        )
+    if point is not None and not np.any(data.windows["val"].y == data.classes.index(point.label)):
+        raise UserError(
+            f"train.operating_point.label {point.label!r}: the validation split holds no sample of it, "
+            "so its recall cannot be chosen there; give data.split more validation or drop operating_point"
         )
     sets = None
     if cfg.train.robustness and not data.is_image:
@@ -291,8 +296,6 @@ def finish_model(
 
     The epoch was chosen before, on single-view argmax validation; Grad-CAM explains `model` itself.
     """
-    from models import ClassOffset
-
     scored = with_views(model, cfg.model.backbone, cfg.model.tta)
     point = cfg.train.operating_point
     if point is None:
@@ -306,9 +309,8 @@ def finish_model(
             f"  {name:>12s}: recall of {point.label!r} {chosen.val_recall:.3f} (>= {point.recall:g}) on "
             f"validation with logit offset {offset:+.3f}, val acc {chosen.val_accuracy:.3f}"
         )
-    offsets = torch.zeros(len(data.classes))
-    offsets[index] = offset
-    scored = ClassOffset(scored, offsets).to(device)
+    offsets = class_offsets(len(data.classes), index, offset)
+    scored = decision_model(model, cfg.model.backbone, cfg.model.tta, offsets).to(device)
     return scored, view_scores(scored, data, device), offset
 
 

@@ -48,6 +48,19 @@ def test_champion_moves_only_on_improvement_on_the_same_data(tmp_path):
         promote(client, "m", "42", "champion")
 
 
+def test_a_version_deciding_by_another_rule_never_takes_the_alias_by_count(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'reg.db'}")
+    client.create_registered_model("m")
+    held = _version(client, "m", {"test_correct": "80", "test_total": "100"}, "aaa", tmp_path)
+    client.set_registered_model_alias("m", "champion", held)  # no decision tag: an argmax version
+    rule = "recall of 'defective' >= 0.8"
+    alias, reason = decide_alias(client, "m", "2", 95, 100, "aaa", "champion", rule)
+    assert alias == "challenger" and "decides by argmax" in reason and rule in reason
+    assert decide_alias(client, "m", "2", 95, 100, "aaa", "champion", "argmax")[0] == "champion"
+    client.set_model_version_tag("m", held, "decision", rule)
+    assert decide_alias(client, "m", "2", 95, 100, "aaa", "champion", rule)[0] == "champion"
+
+
 def test_a_holder_with_only_the_rounded_accuracy_tag_is_compared_by_recovered_count(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'reg.db'}")
     client.create_registered_model("m")

@@ -11,7 +11,18 @@ import torch
 from deploy.inferencer import create_session
 from deploy.metadata import ModelMetadata
 from deploy.onnx_export import FeatureProjection, export_onnx
-from models import VIEWS, ViewAverage, build_model, head_path, scoring_head, single_view, with_views
+from models import (
+    VIEWS,
+    ViewAverage,
+    add_band_profile,
+    build_model,
+    decision_model,
+    head_path,
+    scoring_head,
+    single_view,
+    view_count,
+    with_views,
+)
 from pipeline.config import load_config
 from pipeline.data import prepare_data
 from pipeline.errors import ConfigError
@@ -47,6 +58,16 @@ def test_view_average_is_the_mean_of_the_views_logits_and_is_invariant(views):
     assert scoring_head(averaged, BACKBONE) == f"model.{head_path(BACKBONE)}"
     with pytest.raises(ValueError, match="square"):
         with_views(net, BACKBONE, "dihedral")(torch.rand(2, 3, 32, 40))
+    decided = decision_model(net, BACKBONE, views, [0.0, 2.5, 0.0]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(decided(x), got + torch.tensor([0.0, 2.5, 0.0]), atol=1e-5, rtol=1e-4)
+    assert view_count(decided) == len(VIEWS[views]) and view_count(net) == 1
+    assert (
+        single_view(decided) is net
+        and scoring_head(decided, BACKBONE) == f"model.model.{head_path(BACKBONE)}"
+    )
+    with pytest.raises(ValueError, match="band-profile"):
+        with_views(add_band_profile(_net(), rows=32, num_classes=3), BACKBONE, views)
 
 
 def test_view_average_exports_as_one_onnx_graph_with_averaged_features(tmp_path):
@@ -144,6 +165,15 @@ def test_choose_offset_meets_the_recall_with_the_best_accuracy():
         other = predict_with_offset(logits, 1, offset)
         if np.mean(other[y == 1] == 1) >= 0.9:
             assert np.mean(other == y) <= point.val_accuracy + 1e-12
+    three = rng.normal(0, 1, (300, 3)) + np.eye(3)[labels := rng.integers(0, 3, 300)]
+    point3 = choose_offset(three, labels, 2, 0.95)  # three classes: the sorted sweep equals brute force
+    pred3 = predict_with_offset(three, 2, point3.offset)
+    assert point3.val_recall == np.mean(pred3[labels == 2] == 2) >= 0.95
+    assert point3.val_accuracy == np.mean(pred3 == labels)
+    for offset in np.linspace(-4, 6, 401):
+        other = predict_with_offset(three, 2, offset)
+        if np.mean(other[labels == 2] == 2) >= 0.95:
+            assert np.mean(other == labels) <= point3.val_accuracy + 1e-12
     easy = choose_offset(np.stack([np.zeros(4), [-1.0, -2.0, 1.0, 2.0]], 1), np.array([0, 0, 1, 1]), 1, 0.5)
     assert easy.offset == 0.0 and easy.val_accuracy == 1.0  # already met and perfect: left at 0
     with pytest.raises(ValueError, match="no validation sample"):
