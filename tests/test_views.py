@@ -3,10 +3,13 @@ average, the class offset chosen on validation, their ONNX graph, and a job that
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from deploy.inferencer import create_session
 from deploy.metadata import ModelMetadata
@@ -29,7 +32,7 @@ from pipeline.errors import ConfigError
 from pipeline.operating_point import choose_offset, predict_with_offset
 from signal2image import ImageTransform
 from tests.conftest import run_cli, write_config
-from tests.test_images import make_image_folder
+from tests.test_images import _picture, make_image_folder
 
 BACKBONE = "efficientnet_lite0"
 
@@ -147,6 +150,17 @@ def test_image_job_with_dihedral_views_selects_and_exports_the_view_average(tmp_
     blob = data.classes.index("blob")
     val_pred = session.run(["logits"], {"input": data.images["val"].numpy()})[0].argmax(1)
     assert np.all(val_pred[data.windows["val"].y == blob] == blob)  # the offset is in the graph
+    files = []
+    for i, label in enumerate(("ok", "blob", "scratch", "ok")):
+        files.append(f"new{i}.png")
+        Image.fromarray((_picture(label, 50 + i) * 255).astype(np.uint8)).save(tmp_path / files[-1])
+    model = "models:/parts-defect@champion"
+    pred = run_cli("predict", "--model", model, *files, "--json", cwd=tmp_path)
+    why = run_cli("explain", "--model", model, *files, "--json", cwd=tmp_path)
+    assert pred.returncode == 0 and why.returncode == 0, pred.stderr + why.stderr
+    labels = [json.loads(line)["label"] for line in pred.stdout.splitlines() if line.startswith("{")]
+    explained = [json.loads(line)["label"] for line in why.stdout.splitlines() if line.startswith("{")]
+    assert len(labels) == 4 and explained == labels  # explain names the class the line's model gives
     job["train"]["operating_point"]["label"] = "dent"
     bad = run_cli("run", str(write_config(tmp_path / "bad.yaml", job)), cwd=tmp_path)
     assert bad.returncode == 2 and "train.operating_point.label 'dent'" in bad.stderr and "blob" in bad.stderr
