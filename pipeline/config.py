@@ -881,6 +881,22 @@ class JobConfig(Section):
                     "features, which the band path does not see; drop that strategy or set it to false"
                 )
         if self.data.is_image:
+            augment = self.train.augment
+            missing = [
+                name
+                for name, needed in (
+                    ("hflip", True),
+                    ("vflip", True),
+                    ("rot90", self.model.tta == "dihedral"),
+                )
+                if needed and self.model.tta != "none" and not getattr(augment, name)
+            ]
+            if missing:
+                raise ValueError(
+                    f"model.tta: {self.model.tta!r} averages views the networks never saw in training: set "
+                    + ", ".join(f"train.augment.{name}: true" for name in missing)
+                    + " (or model.tta: none)"
+                )
             return self
         if (
             self.model.in_channels == 1

@@ -102,9 +102,13 @@ def test_view_average_exports_as_one_onnx_graph_with_averaged_features(tmp_path)
     np.testing.assert_allclose(features, mean_feature @ projection.components, atol=1e-3, rtol=1e-3)
 
 
-def test_views_are_refused_for_signal_jobs():
+def test_views_are_refused_for_signal_jobs_and_without_the_matching_augmentation():
     with pytest.raises(ConfigError, match=r"model\.tta.*signal"):
         load_config(None, ["model.tta=flips"])
+    images = ["data.source=elpv", "transform.kind=image", "model.tta=dihedral"]
+    with pytest.raises(ConfigError, match=r"never saw.*train\.augment\.vflip: true, train\.augment\.rot90"):
+        load_config(None, [*images, "train.augment={hflip: true}"])
+    assert load_config(None, [*images, "train.augment={hflip: true, vflip: true, rot90: true}"]).model.tta
     with pytest.raises(ConfigError, match="model.tta"):
         load_config(None, ["model.tta=sideways"])
 
@@ -121,6 +125,7 @@ def test_image_job_with_dihedral_views_selects_and_exports_the_view_average(tmp_
         "transform": {"kind": "image", "image_size": 32, "policy": "resize"},
         "model": {"tta": "dihedral"},
         "train": {
+            "augment": {"hflip": True, "vflip": True, "rot90": True},
             "operating_point": {"label": "blob", "recall": 1.0},
             "epochs": 1,
             "batch_size": 8,
