@@ -417,7 +417,7 @@ class ModelMetadata:
                 input_shape=tuple(doc.get("input_shape") or ()),
                 mean=tuple(float(v) for v in norm.get("mean", transform.get("mean", ()))),
                 std=tuple(float(v) for v in norm.get("std", transform.get("std", ()))),
-                model=ModelInfo(**_known(ModelInfo, doc.get("model") or {})),
+                model=model_info(doc.get("model") or {}),
                 metrics={str(k): float(v) for k, v in (doc.get("metrics") or {}).items()},
                 variant=Variant(**_known(Variant, doc["variant"])) if doc.get("variant") else None,
                 input_kind=input_kind,
@@ -475,6 +475,14 @@ class ModelMetadata:
         if hasattr(source, "get_modelmeta"):  # onnxruntime.InferenceSession
             return cls.from_props(source.get_modelmeta().custom_metadata_map)
         return cls.from_props({p.key: p.value for p in source.metadata_props})
+
+
+def model_info(values: Mapping[str, Any]) -> ModelInfo:
+    """`ModelInfo` from its JSON (lists back to tuples, so a round trip is equal)."""
+    known = _known(ModelInfo, values)
+    if "class_offsets" in known:
+        known["class_offsets"] = tuple(float(v) for v in known["class_offsets"] or ())
+    return ModelInfo(**known)
 
 
 def _known(kind: type, values: Mapping[str, Any]) -> dict[str, Any]:

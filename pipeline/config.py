@@ -595,6 +595,13 @@ class TrainConfig(Section):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    channels_last: bool = Field(
+        False,
+        description=(
+            "CPU training in channels_last: 1.5-1.7x faster for the CNNs here, but not bit-reproducible "
+            "from run to run (a tuned config or a resumed job may then differ); CUDA always uses it"
+        ),
+    )
     select_metric: Literal["val_accuracy", "val_macro_f1", "val_robust"] = Field(
         "val_accuracy",
         description=(

@@ -212,6 +212,13 @@ def features_of(
         replace_module(model, head, original)
 
 
+def channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """Train in channels_last: always on CUDA (tensor cores); on the CPU when `train.channels_last`
+    is true (oneDNN runs a Lite0 step 1.5-1.7x faster, benchmarks/RESULTS.md, but its results then
+    differ in the last bits from run to run, so a resumed or re-run job is no longer bit-identical)."""
+    return device.type == "cuda" or bool(cfg.channels_last)
+
+
 @dataclass
 class _Run:
     """What one call of `fit` trains with: the module that learns, its inputs, optimiser and loss."""
@@ -261,9 +268,9 @@ def _prepare(
 
     x_train, y_train = train
     x_val, y_val = val
-    # channels_last on every device: on CUDA for the tensor cores, on the CPU because oneDNN's
-    # convolutions run a Lite0 training step 1.5-1.7x faster in it (benchmarks/RESULTS.md).
-    model.to(device).to(memory_format=torch.channels_last)
+    model.to(device)
+    if channels_last(cfg, device):
+        model.to(memory_format=torch.channels_last)
     head_name = head_path(backbone)
     head_ids = {id(p) for g, ps in layer_groups(model, backbone) if g == "head" for p in ps}
     probe = strategy.kind == "linear_probe"
@@ -417,7 +424,8 @@ def _train_epoch(
         if device.type == "cuda":  # page-locked host memory: the copy overlaps with compute
             xb = xb.pin_memory()
         xb = xb.to(device, non_blocking=True)
-        xb = xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb
+        if xb.ndim == 4 and channels_last(cfg, device):
+            xb = xb.contiguous(memory_format=torch.channels_last)
         yb = run.y_train[idx].to(device, non_blocking=True)
         lam, partner = mixup_draw(len(idx), cfg.mixup, run.generator)
         if partner is not None:

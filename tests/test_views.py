@@ -146,6 +146,7 @@ def test_image_job_with_dihedral_views_selects_and_exports_the_view_average(tmp_
     (onnx_path,) = (tmp_path / "artifacts" / "parts").glob("*/model.onnx")
     info = ModelMetadata.from_onnx(onnx_path).model
     assert info.tta == "dihedral" and info.operating_point.startswith("recall of 'blob' >= 1 on validation")
+    assert isinstance(info.class_offsets, tuple) and len(info.class_offsets) == 3
     data = prepare_data(load_config(cfg_path), echo=lambda s: None)
     x = data.images["test"].numpy()
     session = create_session(onnx_path)
@@ -199,3 +200,12 @@ def test_choose_offset_meets_the_recall_with_the_best_accuracy():
         choose_offset(logits, np.zeros(400, int), 1, 0.5)
     with pytest.raises(ConfigError, match="recall"):
         load_config(None, ["train.operating_point={label: fault, recall: 0}"])
+
+
+def test_channels_last_on_the_cpu_is_opt_in():
+    from pipeline.train import channels_last
+
+    cpu = torch.device("cpu")
+    assert not channels_last(load_config(None).train, cpu)  # bit-reproducible by default
+    assert channels_last(load_config(None, ["train.channels_last=true"]).train, cpu)
+    assert channels_last(load_config(None).train, torch.device("cuda"))
