@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import build_model, decision_model, with_views
+from models import ClassOffset, build_model, with_views
 from pipeline import distributed
 from pipeline.augment import make_augment
 from pipeline.baselines import check_applicable, fit_baseline
@@ -298,27 +298,27 @@ def finish_model(
     """
     scored = with_views(model, cfg.model.backbone, cfg.model.tta)
     point = cfg.train.operating_point
+    if point is None and scored is model:
+        return model, {}, 0.0
+    logits = predict_logits(scored, data.images["val"], device=device).numpy()  # one validation pass
     if point is None:
-        return scored, (view_scores(scored, data, device) if scored is not model else {}), 0.0
+        return scored, val_scores_of(logits, data), 0.0
     index = data.classes.index(point.label)
     if offset is None:
-        logits = predict_logits(scored, data.images["val"], device=device).numpy()
         chosen = choose_offset(logits, data.windows["val"].y, index, point.recall)
         offset = chosen.offset
         echo(
             f"  {name:>12s}: recall of {point.label!r} {chosen.val_recall:.3f} (>= {point.recall:g}) on "
             f"validation with logit offset {offset:+.3f}, val acc {chosen.val_accuracy:.3f}"
         )
-    offsets = class_offsets(len(data.classes), index, offset)
-    scored = decision_model(model, cfg.model.backbone, cfg.model.tta, offsets).to(device)
-    return scored, view_scores(scored, data, device), offset
+    offsets = torch.tensor(class_offsets(len(data.classes), index, offset))
+    logits = logits + offsets.numpy()
+    return ClassOffset(scored, offsets).to(device), val_scores_of(logits, data), offset
 
 
-def view_scores(model: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
-    """Validation accuracy and macro-F1 of `model` as it is exported (what the trial is chosen by)."""
-    y = data.windows["val"].y
-    pred = predict_logits(model, data.images["val"], device=device).argmax(1).numpy()
-    scores = classification_metrics(y, pred, len(data.classes))
+def val_scores_of(logits: np.ndarray, data: PreparedData) -> dict[str, float]:
+    """Validation accuracy and macro-F1 of the model as it is exported (what the trial is chosen by)."""
+    scores = classification_metrics(data.windows["val"].y, logits.argmax(1), len(data.classes))
     return {"val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
 
 

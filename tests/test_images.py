@@ -257,26 +257,31 @@ def test_per_class_metrics():
     }
 
 
-def test_image_job_end_to_end_with_a_corrupt_file(tmp_path):
-    root = make_image_folder(tmp_path / "imgs")
-    (root / "blob" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    job = {
+def parts_job(root, *, policy: str, model: dict | None = None, **train) -> dict:
+    """The tiny image job on `make_image_folder`'s parts: 32 px, one epoch; `train` keys added."""
+    return {
         "name": "parts",
         "data": {
             "source": "images",
             "images": {"path": str(root)},
             "split": {"train": 0.5, "val": 0.25, "test": 0.25},
         },
-        "transform": {"kind": "image", "image_size": 32, "policy": "pad"},
-        "train": {
-            "epochs": 1,
-            "batch_size": 8,
-            "num_threads": 2,
-            "class_weighting": "sampler",
-            "augment": {"hflip": True, "rot90": True, "brightness": 0.05},
-        },
+        "transform": {"kind": "image", "image_size": 32, "policy": policy},
+        **({"model": model} if model else {}),
+        "train": {"epochs": 1, "batch_size": 8, "num_threads": 2, **train},
         "tracking": {"experiment": "parts", "registered_model": "parts-defect"},
     }
+
+
+def test_image_job_end_to_end_with_a_corrupt_file(tmp_path):
+    root = make_image_folder(tmp_path / "imgs")
+    (root / "blob" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    job = parts_job(
+        root,
+        policy="pad",
+        class_weighting="sampler",
+        augment={"hflip": True, "rot90": True, "brightness": 0.05},
+    )
     cfg_path = write_config(tmp_path / "parts.yaml", job)
     data = prepare_data(load_config(cfg_path), echo=lambda s: None)
     assert data.skipped_files and data.skipped_files[0][0].endswith("broken.png")

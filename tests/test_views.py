@@ -32,7 +32,7 @@ from pipeline.errors import ConfigError
 from pipeline.operating_point import choose_offset, predict_with_offset
 from signal2image import ImageTransform
 from tests.conftest import run_cli, write_config
-from tests.test_images import _picture, make_image_folder
+from tests.test_images import _picture, make_image_folder, parts_job
 
 BACKBONE = "efficientnet_lite0"
 
@@ -115,26 +115,15 @@ def test_views_are_refused_for_signal_jobs_and_without_the_matching_augmentation
 
 def test_image_job_with_dihedral_views_selects_and_exports_the_view_average(tmp_path):
     root = make_image_folder(tmp_path / "imgs")
-    job = {
-        "name": "parts",
-        "data": {
-            "source": "images",
-            "images": {"path": str(root)},
-            "split": {"train": 0.5, "val": 0.25, "test": 0.25},
-        },
-        "transform": {"kind": "image", "image_size": 32, "policy": "resize"},
-        "model": {"tta": "dihedral"},
-        "train": {
-            "augment": {"hflip": True, "vflip": True, "rot90": True},
-            "operating_point": {"label": "blob", "recall": 1.0},
-            "epochs": 1,
-            "batch_size": 8,
-            "num_threads": 2,
-            "explain": False,
-            "strategies": [{"name": "finetune", "lr": 0.001}],
-        },
-        "tracking": {"experiment": "parts", "registered_model": "parts-defect"},
-    }
+    job = parts_job(
+        root,
+        policy="resize",
+        model={"tta": "dihedral"},
+        augment={"hflip": True, "vflip": True, "rot90": True},
+        operating_point={"label": "blob", "recall": 1.0},
+        explain=False,
+        strategies=[{"name": "finetune", "lr": 0.001}],
+    )
     cfg_path = write_config(tmp_path / "parts.yaml", job)
     proc = run_cli("run", str(cfg_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
