@@ -6,7 +6,7 @@ import torch
 
 from deploy.inferencer import OnnxInferencer, choose_providers, cuda_usable
 from deploy.metadata import ModelInfo, ModelMetadata
-from deploy.onnx_export import export_onnx
+from deploy.onnx_export import export_onnx, same_decisions
 from models import build_model
 from pipeline.errors import ExportError, UserError
 from pipeline.train import select_device
@@ -39,6 +39,18 @@ def test_export_has_metadata_dynamic_batch_and_parity(exported):
         assert np.allclose(inf.predict_windows(windows[:n]), expected[:n], atol=1e-5)
     pred = inf.predict_signal(np.random.default_rng(1).standard_normal(2048), fs=8000)
     assert pred.label in inf.classes and len(pred.window_labels) == 7
+
+
+def test_a_float_tie_is_not_a_changed_decision():
+    expected = np.array([[0.0, 1e-9, -1.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
+    flipped = expected.copy()
+    flipped[0] = [1e-9, 0.0, -1.0]  # a tie within the accepted difference may go either way
+    assert same_decisions(flipped, expected, margin=2e-4)
+    wrong = expected.copy()
+    wrong[1] = [0.0, 2.0, 0.0]  # a decisive input that changed class is caught
+    assert not same_decisions(wrong, expected, margin=2e-4)
+    assert not same_decisions(flipped, expected, margin=0.0)  # without a margin every flip counts
+    assert same_decisions(np.zeros((0, 3)), np.zeros((0, 3)), margin=1e-4)
 
 
 class BatchDependent(torch.nn.Module):

@@ -161,6 +161,32 @@ def test_image_job_with_dihedral_views_selects_and_exports_the_view_average(tmp_
     assert bad.returncode == 2 and "train.operating_point.label 'dent'" in bad.stderr and "blob" in bad.stderr
 
 
+def test_operating_point_on_a_class_absent_from_validation_is_refused_before_training(tmp_path):
+    root = make_image_folder(tmp_path / "imgs")
+    rows = ["path,label,split"]
+    for label in ("ok", "blob", "scratch"):
+        for i, path in enumerate(sorted((root / label).iterdir())):
+            split = "test" if i % 4 == 3 else "val" if i % 4 == 2 and label != "blob" else "train"
+            rows.append(f"{path.relative_to(tmp_path)},{label},{split}")  # no blob in validation
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    job = parts_job(root, policy="resize", operating_point={"label": "blob", "recall": 0.8})
+    job["data"] = {
+        "source": "images",
+        "images": {"manifest": str(tmp_path / "m.csv")},
+        "split": {"by": "column"},
+    }
+    proc = run_cli("run", str(write_config(tmp_path / "parts.yaml", job)), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "train.operating_point.label 'blob': the validation split holds no sample of it" in proc.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("parts").experiment_id])
+    assert not [r for r in runs if "strategy" in r.data.tags]  # refused before any training
+    job["train"]["operating_point"]["label"] = "scratch"  # a class validation does hold: the job runs
+    ok = run_cli("run", str(write_config(tmp_path / "ok.yaml", job)), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
 def test_choose_offset_meets_the_recall_with_the_best_accuracy():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
