@@ -26,7 +26,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.data import prepare_data  # noqa: E402
 from pipeline.operating_point import choose_offset, predict_with_offset  # noqa: E402
 from pipeline.train import best_checkpoint_path, predict_logits  # noqa: E402
-from pipeline.trials import new_model, trial_name  # noqa: E402
+from pipeline.trials import load_best, trial_name  # noqa: E402
 
 
 def scores(logits: np.ndarray, y: np.ndarray, index: int, offset: float) -> tuple[float, float]:
@@ -48,11 +48,27 @@ def main() -> None:
     point = cfg.train.operating_point
     if point is None:
         parser.error("the config has no train.operating_point; set one with --set")
+    known = [s.name for s in cfg.train.strategies]
+    unknown = sorted(set(args.strategy) - set(known))
+    if unknown:
+        parser.error(f"--strategy {', '.join(unknown)}: not in train.strategies ({', '.join(known)})")
+    fraction = cfg.train.train_fraction[0]
+    paths = {
+        (name, seed): best_checkpoint_path(args.checkpoints / f"{trial_name(cfg, name, fraction, seed)}.pt")
+        for name in args.strategy
+        for seed in cfg.train.seeds
+    }
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        parser.error(
+            f"--checkpoints {args.checkpoints}: no best checkpoint {missing[0]}; give the job's folder"
+        )
     data = prepare_data(cfg, echo=lambda _: None)
+    if point.label not in data.classes:
+        parser.error(f"train.operating_point.label {point.label!r}: not a class ({', '.join(data.classes)})")
     index = data.classes.index(point.label)
     y = {split: data.windows[split].y for split in ("val", "test")}
     device = torch.device("cpu")
-    fraction = cfg.train.train_fraction[0]
     print(
         f"{cfg.name}: val {len(y['val'])}, test {len(y['test'])}; "
         f"recall target {point.recall:g} for {point.label!r}"
@@ -66,10 +82,7 @@ def main() -> None:
             continue
         members: list[dict[str, np.ndarray]] = []
         for seed in cfg.train.seeds:
-            name = trial_name(cfg, strategy.name, fraction, seed)
-            path = best_checkpoint_path(args.checkpoints / f"{name}.pt")
-            model = new_model(cfg, strategy, len(data.classes), seed)
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+            model = load_best(cfg, len(data.classes), paths[strategy.name, seed])
             members.append({s: predict_logits(model, data.images[s], device=device).numpy() for s in y})
         mean = {s: np.mean([m[s] for m in members], axis=0) for s in y}
         rows = [(f"{strategy.name} seed {seed}", m) for seed, m in zip(cfg.train.seeds, members)]

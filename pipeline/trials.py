@@ -518,10 +518,7 @@ def finished_trial(
             f"--resume: trial {run.info.run_name!r} finished but its checkpoint {best} is gone; "
             "run the job again without --resume"
         )
-    model = build_model(
-        cfg.model.backbone, num_classes=len(data.classes), pretrained=False, **cfg.architecture()
-    )
-    model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+    model = load_best(cfg, len(data.classes), best)
     echo(
         f"  {run.info.run_name:>12s}: finished before the interruption "
         f"(test acc {trial.test_accuracy:.3f}), kept"
@@ -536,6 +533,13 @@ def finished_trial(
         offset=trial.class_offset,
     )
     return trial, scored
+
+
+def load_best(cfg: JobConfig, n_classes: int, best: Path) -> torch.nn.Module:
+    """The network of a trial's best-epoch checkpoint `best` (no pretrained weights are read first)."""
+    model = build_model(cfg.model.backbone, num_classes=n_classes, pretrained=False, **cfg.architecture())
+    model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+    return model
 
 
 def run_worker(cfg: JobConfig) -> None:
