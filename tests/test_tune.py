@@ -199,9 +199,13 @@ def test_ctrl_c_fails_the_running_trial_and_the_same_command_continues_the_study
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 240
+    opened = None  # the poll opens the new database through open_storage: while the running process
+    # is still creating its tables, a plain Optuna open from here races it (UNIQUE on alembic_version)
     while time.monotonic() < deadline:  # stop once the second trial has validated an epoch
-        names = optuna.get_all_study_names(storage) if (tmp_path / "optuna.db").exists() else []
-        trials = optuna.load_study(study_name=names[0], storage=storage).trials if names else []
+        if opened is None and (tmp_path / "optuna.db").exists():
+            opened = open_storage(storage)
+        names = optuna.get_all_study_names(opened) if opened is not None else []
+        trials = optuna.load_study(study_name=names[0], storage=opened).trials if names else []
         if len(trials) == 2 and trials[1].intermediate_values:
             break
         assert proc.poll() is None, proc.communicate()
