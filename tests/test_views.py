@@ -224,3 +224,72 @@ def test_channels_last_on_the_cpu_is_opt_in():
     assert not channels_last(load_config(None).train, cpu)  # bit-reproducible by default
     assert channels_last(load_config(None, ["train.channels_last=true"]).train, cpu)
     assert channels_last(load_config(None).train, torch.device("cuda"))
+
+
+def test_seed_ensemble_benchmark_reproduces_the_jobs_offsets_and_refuses_bad_arguments(tmp_path):
+    """`benchmarks/seed_ensemble.py` reads a finished job's best checkpoints: its per-seed rows give
+    the offsets the job logged; bad arguments stop with exit 2 and a message naming them."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    root = make_image_folder(tmp_path / "imgs")
+    job = parts_job(
+        root,
+        policy="resize",
+        operating_point={"label": "blob", "recall": 0.8},
+        explain=False,
+        seeds=[0, 1],
+        strategies=[{"name": "finetune", "lr": 0.001}],
+    )
+    cfg_path = write_config(tmp_path / "parts.yaml", job)
+    proc = run_cli("run", str(cfg_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("parts").experiment_id])
+    logged = {
+        int(r.data.params["seed"]): r.data.metrics["class_offset"]
+        for r in runs
+        if r.data.tags.get("strategy") == "finetune"
+    }
+    (checkpoints,) = (tmp_path / "artifacts" / "parts").glob("*/checkpoints")
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(ROOT / "benchmarks" / "seed_ensemble.py"), str(cfg_path), *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    read = script("--checkpoints", str(checkpoints), "--strategy", "finetune")
+    assert read.returncode == 0, read.stdout + read.stderr
+    rows = dict(re.findall(r"^finetune seed (\d) \| ([+-][0-9.]+) \|", read.stdout, re.M))
+    assert {int(s): float(o) for s, o in rows.items()} == pytest.approx(logged, abs=1e-3)
+    assert "finetune mean of 2 seeds' logits |" in read.stdout
+    for args, message in [
+        (("--checkpoints", str(checkpoints), "--strategy", "scratch"), "--strategy scratch: not in"),
+        (("--checkpoints", str(tmp_path), "--strategy", "finetune"), "no best checkpoint"),
+        (
+            (
+                "--checkpoints",
+                str(checkpoints),
+                "--strategy",
+                "finetune",
+                "--set",
+                "train.operating_point=null",
+            ),
+            "no train.operating_point",
+        ),
+        (
+            (
+                "--checkpoints",
+                str(checkpoints),
+                "--strategy",
+                "finetune",
+                "--set",
+                "train.operating_point.label=dent",
+            ),
+            "train.operating_point.label 'dent': not a class",
+        ),
+    ]:
+        bad = script(*args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
